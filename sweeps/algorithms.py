@@ -1,0 +1,62 @@
+"""Sampler and pruner from the stored config.
+
+Optuna stores neither in the study: every process that loads a study must
+rebuild the same ones, or it silently gets the defaults. This is the one
+place that does it, for ``run`` and ``resume`` alike.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import optuna
+
+from sweeps import space
+from sweeps.config import SweepConfig
+from sweeps.errors import SweepsError
+
+
+def sampler(config: SweepConfig) -> optuna.samplers.BaseSampler:
+    opts = {k: v for k, v in config.sampler.items() if k != "name"}
+    name = config.sampler["name"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        if name == "tpe":
+            # multivariate + group model conditional spaces well; constant_liar
+            # keeps parallel trials from piling onto the same point.
+            opts.setdefault("multivariate", True)
+            opts.setdefault("group", opts["multivariate"])
+            opts.setdefault("constant_liar", config.parallel > 1)
+            opts.setdefault("n_startup_trials", min(10, max(2, config.n_trials // 4)))
+            return optuna.samplers.TPESampler(**opts)
+        if name == "random":
+            return optuna.samplers.RandomSampler(**opts)
+        if name == "cmaes":
+            return optuna.samplers.CmaEsSampler(**opts)
+        if name == "gp":
+            try:
+                import torch  # noqa: F401
+            except ImportError:
+                raise SweepsError("sampler gp needs PyTorch; install it with `pip install 'sweeps[gp]'` or choose sampler tpe") from None
+            return optuna.samplers.GPSampler(**opts)
+        if name == "grid":
+            return optuna.samplers.GridSampler(space.grid(config.parameters), seed=opts.get("seed"))
+    raise SweepsError(f"unknown sampler {name!r}")
+
+
+def pruner(config: SweepConfig) -> optuna.pruners.BasePruner:
+    opts = {k: v for k, v in config.pruner.items() if k != "name"}
+    name = config.pruner["name"]
+    if name == "median":
+        opts.setdefault("n_startup_trials", 2)
+        opts.setdefault("n_warmup_steps", 1)
+        return optuna.pruners.MedianPruner(**opts)
+    if name in ("successive_halving", "asha"):
+        opts.setdefault("min_resource", 1)
+        return optuna.pruners.SuccessiveHalvingPruner(**opts)
+    if name == "hyperband":
+        opts.setdefault("max_resource", config.epochs)
+        return optuna.pruners.HyperbandPruner(**opts)
+    if name == "none":
+        return optuna.pruners.NopPruner()
+    raise SweepsError(f"unknown pruner {name!r}")

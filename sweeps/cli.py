@@ -1,0 +1,221 @@
+"""The `sweeps` command: parse arguments, call one function, print.
+
+Nothing heavy is imported at module level, so `sweeps --help` stays fast and
+never imports TensorFlow.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any, Callable, Sequence
+
+MAIN_EXAMPLE = """\
+examples:
+  sweeps run search_spaces/digits.yaml
+  sweeps run search_spaces/mnist.yaml --storage postgresql://user:pw@host/db --study mnist-a --n-trials 40 --parallel 2
+  sweeps status mnist-a --storage postgresql://user:pw@host/db
+
+The storage URL comes from --storage, else $SWEEPS_STORAGE, else sqlite:///sweeps.db.
+"""
+
+
+def _storage_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--storage", metavar="URL",
+                   help="study database: postgresql://user:pw@host/db or sqlite:///FILE "
+                        "(default: $SWEEPS_STORAGE, else sqlite:///sweeps.db)")
+
+
+def _parser() -> argparse.ArgumentParser:
+    fmt = argparse.RawDescriptionHelpFormatter
+    parser = argparse.ArgumentParser(prog="sweeps", formatter_class=fmt, epilog=MAIN_EXAMPLE,
+                                     description="Hyperparameter sweeps for Keras CNN image classifiers.")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks for errors")
+    from sweeps import __version__
+
+    parser.add_argument("--version", action="version", version=f"sweeps {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    def command(name: str, help: str, example: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help, description=help, formatter_class=fmt,
+                           epilog=f"example:\n  {example}")
+        p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks for errors")
+        return p
+
+    p = command("run", "start a sweep from a search-space YAML and run it to its budget",
+                "sweeps run search_spaces/mnist.yaml --storage postgresql://user:pw@host/db "
+                "--study mnist-a --n-trials 40 --parallel 2")
+    p.add_argument("config", metavar="SPACE.yaml", help="the sweep's search space (see search_spaces/)")
+    _storage_option(p)
+    p.add_argument("--study", help="study name (default: `study` in the YAML)")
+    p.add_argument("--n-trials", type=int, metavar="N", help="budget: trials to finish (overrides budget.n_trials)")
+    p.add_argument("--timeout", type=float, metavar="SECONDS", help="budget: stop launching trials after this long")
+    p.add_argument("--parallel", type=int, metavar="N", help="trials in flight at once (overrides parallel)")
+    p.add_argument("--ray-address", metavar="ADDR", help="an existing Ray cluster (default: a private local one)")
+    p.add_argument("--quiet", action="store_true", help="no progress output")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+
+    p = command("resume", "continue a stored sweep until its budget is met; the config comes from the study",
+                "sweeps resume mnist-a --storage postgresql://user:pw@host/db")
+    p.add_argument("study", help="study name")
+    _storage_option(p)
+    p.add_argument("--n-trials", type=int, metavar="N", help="raise (or lower) the stored budget")
+    p.add_argument("--ray-address", metavar="ADDR", help="an existing Ray cluster (default: a private local one)")
+    p.add_argument("--quiet", action="store_true", help="no progress output")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+
+    p = command("status", "counts by state, the best value and parameters, elapsed time and a table of trials",
+                "sweeps status mnist-a --storage postgresql://user:pw@host/db")
+    p.add_argument("study", help="study name")
+    _storage_option(p)
+    p.add_argument("--json", action="store_true", help="print as JSON")
+
+    p = command("best", "the best trial's value, parameters and metrics",
+                "sweeps best mnist-a --storage postgresql://user:pw@host/db --json")
+    p.add_argument("study", help="study name")
+    _storage_option(p)
+    p.add_argument("--json", action="store_true", help="print as JSON")
+
+    p = command("ls", "the studies in a storage, with trial counts and best values",
+                "sweeps ls --storage postgresql://user:pw@host/db")
+    _storage_option(p)
+    p.add_argument("--json", action="store_true", help="print as JSON")
+    return parser
+
+
+# -- commands: each calls one function and prints --------------------------------------------
+
+def _run(args: argparse.Namespace) -> int:
+    from sweeps import config as config_module
+    from sweeps.coordinator import run_sweep
+    from sweeps.progress import LiveProgress
+
+    config = config_module.load(args.config).replace(study=args.study, n_trials=args.n_trials,
+                                                     timeout=args.timeout, parallel=args.parallel)
+    with LiveProgress(quiet=args.quiet or args.json) as progress:
+        summary = run_sweep(config, args.storage, ray_address=args.ray_address, on_progress=progress)
+    return _print_summary(summary, args.json)
+
+
+def _resume(args: argparse.Namespace) -> int:
+    from sweeps.coordinator import resume_sweep
+    from sweeps.progress import LiveProgress
+
+    with LiveProgress(quiet=args.quiet or args.json) as progress:
+        summary = resume_sweep(args.study, args.storage, n_trials=args.n_trials,
+                               ray_address=args.ray_address, on_progress=progress)
+    return _print_summary(summary, args.json)
+
+
+def _print_summary(s: dict[str, Any], as_json: bool) -> int:
+    if as_json:
+        print(json.dumps(s, indent=2))
+    else:
+        best = "-" if s["best_value"] is None else f"{s['best_value']:.4f} (trial {s['best_trial']})"
+        print(f"study {s['study']}: {s['complete']} complete, {s['pruned']} pruned, {s['failed']} failed "
+              f"of {s['n_trials']} in {s['elapsed_seconds']:.0f}s; best {best}")
+        if s["best_params"]:
+            print("best params: " + ", ".join(f"{k}={_fmt(v)}" for k, v in s["best_params"].items()))
+        if s.get("interrupted"):
+            print(f"interrupted; continue with `sweeps resume {s['study']}`")
+    if s.get("interrupted"):
+        return 130
+    return 0
+
+
+def _fmt(v: Any) -> str:
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
+def _status(args: argparse.Namespace) -> int:
+    from sweeps.summary import status
+
+    s = status(args.study, args.storage)
+    if args.json:
+        print(json.dumps(s, indent=2, default=str))
+        return 0
+    from rich.console import Console
+    from rich.table import Table
+
+    c = s["counts"]
+    console = Console()
+    console.print(f"study [bold]{s['study']}[/]: {s['metric']} ({s['direction']}), budget {s['n_trials']} trials, "
+                  f"{s['elapsed_seconds']:.0f}s elapsed")
+    console.print("  ".join(f"{k.lower()} {v}" for k, v in c.items()))
+    if s["best"]:
+        b = s["best"]
+        console.print(f"best: {b['value']:.4f} (trial {b['number']}) "
+                      + ", ".join(f"{k}={_fmt(v)}" for k, v in b["params"].items()))
+    table = Table("#", "state", "value", "epochs", "seconds", "params", "reason")
+    for t in s["trials"]:
+        table.add_row(str(t["number"]), t["state"], "" if t["value"] is None else f"{t['value']:.4f}",
+                      str(t["epochs"]), "" if t["seconds"] is None else f"{t['seconds']:.1f}",
+                      ", ".join(f"{k}={_fmt(v)}" for k, v in t["params"].items()), t["reason"])
+    console.print(table)
+    return 0
+
+
+def _best(args: argparse.Namespace) -> int:
+    from sweeps.summary import best
+
+    b = best(args.study, args.storage)
+    if args.json:
+        print(json.dumps(b, indent=2))
+        return 0
+    print(f"study {b['study']}: best trial {b['number']}, value {b['value']:.4f}")
+    for k, v in {**b["params"], **b["fixed_params"]}.items():
+        print(f"  {k}: {_fmt(v)}")
+    for k, v in b["metrics"].items():
+        print(f"  {k} = {_fmt(v)}")
+    return 0
+
+
+def _ls(args: argparse.Namespace) -> int:
+    from sweeps.summary import list_studies
+
+    rows = list_studies(args.storage)
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    width = max(len(r["study"]) for r in rows)
+    print(f"{'study':<{width}}  trials  best      started")
+    for r in rows:
+        best = "-" if r["best_value"] is None else f"{r['best_value']:.4f}"
+        print(f"{r['study']:<{width}}  {r['n_trials']:>6}  {best:<8}  {r['started'] or '-'}")
+    return 0
+
+
+COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "run": _run, "resume": _resume, "status": _status, "best": _best, "ls": _ls,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if not args.command:
+        parser.print_help()
+        return 2
+    try:
+        return COMMANDS[args.command](args)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:
+        if args.debug:
+            raise
+        from sweeps.errors import SweepsError
+        from sweeps.storage import mask
+
+        if isinstance(e, SweepsError):
+            print(f"error: {mask(str(e))}", file=sys.stderr)
+            return e.exit_code
+        first = (str(e).strip().splitlines() or [""])[0]
+        print(f"error: unexpected {type(e).__name__}: {mask(first)} (run with --debug for the traceback)",
+              file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,65 @@
+"""The live view of a running sweep: a progress bar on a terminal, one line per event elsewhere."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+from sweeps.coordinator import Progress
+
+
+def _best(p: Progress) -> str:
+    return "-" if p.best_value is None else f"{p.best_value:.4f} (trial {p.best_number})"
+
+
+def _clock(seconds: float) -> str:
+    m, s = divmod(int(seconds), 60)
+    h, m = divmod(m, 60)
+    return f"{h:d}:{m:02d}:{s:02d}"
+
+
+def line(p: Progress) -> str:
+    left = p.n_trials - p.finished
+    budget = f"{left} trials left" + (f", {_clock(max(0, p.timeout - p.elapsed))} of timeout" if p.timeout else "")
+    return (f"[{p.finished}/{p.n_trials}] complete {p.complete} | pruned {p.pruned} | failed {p.failed} | "
+            f"running {p.running} | best {_best(p)} | {_clock(p.elapsed)} elapsed | {budget}")
+
+
+class LiveProgress:
+    """Rich progress bar while attached to a terminal; plain lines (for logs and CI) otherwise."""
+
+    def __init__(self, quiet: bool = False) -> None:
+        self.quiet = quiet
+        self.tty = sys.stderr.isatty()
+        self._progress: Any = None
+        self._task: Any = None
+        self._last = ""
+
+    def __enter__(self) -> LiveProgress:
+        if self.tty and not self.quiet:
+            from rich.console import Console
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress as Bar, TextColumn, TimeElapsedColumn
+
+            self._progress = Bar(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                 TimeElapsedColumn(), TextColumn("{task.fields[detail]}"),
+                                 console=Console(stderr=True), refresh_per_second=4)
+            self._progress.__enter__()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._progress is not None:
+            self._progress.__exit__(*exc)
+
+    def __call__(self, p: Progress) -> None:
+        if self.quiet:
+            return
+        if self._progress is not None:
+            detail = (f"complete {p.complete} pruned {p.pruned} failed {p.failed} running {p.running} "
+                      f"best {_best(p)}  {p.last}")
+            if self._task is None:
+                self._task = self._progress.add_task(p.study, total=p.n_trials, detail=detail)
+            self._progress.update(self._task, completed=p.finished, detail=detail)
+            return
+        if p.last and p.last != self._last:
+            print(f"{p.last:<50} {line(p)}", file=sys.stderr, flush=True)
+            self._last = p.last

@@ -1,0 +1,66 @@
+"""Storage URL -> Optuna storage, with secrets never printed.
+
+Only the control plane calls this (DESIGN principle 1): workers never see a
+URL. Connection problems become one line that names the (masked) URL and
+the fix.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from typing import Any
+
+from sweeps.errors import SweepsError
+
+DEFAULT_URL = "sqlite:///sweeps.db"
+ENV_VAR = "SWEEPS_STORAGE"
+APPLICATION_NAME = "sweeps-coordinator"
+
+_PASSWORD = re.compile(r"(?P<head>[a-zA-Z][a-zA-Z0-9+.-]*://[^:/?#@]*:)(?P<pw>[^@/?#]*)(?P<tail>@)")
+
+
+def resolve_url(url: str | None) -> str:
+    """--storage, else $SWEEPS_STORAGE, else the SQLite file sweeps.db here."""
+    return url or os.environ.get(ENV_VAR) or DEFAULT_URL
+
+
+def mask(text: str) -> str:
+    """Replace every password in URLs within ``text`` by ***."""
+    return _PASSWORD.sub(lambda m: f"{m['head']}***{m['tail']}", text)
+
+
+def open_storage(url: str | None) -> Any:
+    """An Optuna RDBStorage for the URL, or a SweepsError naming what is wrong."""
+    import optuna
+    import sqlalchemy.exc
+
+    url = resolve_url(url)
+    shown = mask(url)
+    engine_kwargs: dict[str, Any] = {"pool_pre_ping": True}
+    if url.startswith(("postgresql", "postgres")):
+        if url.startswith("postgres://"):
+            url = "postgresql://" + url[len("postgres://"):]
+        engine_kwargs["connect_args"] = {"connect_timeout": 10, "application_name": APPLICATION_NAME}
+        engine_kwargs["pool_size"] = 2
+        engine_kwargs["max_overflow"] = 2
+    elif url.startswith("sqlite"):
+        path = url.split(":///", 1)[1] if ":///" in url else ""
+        folder = os.path.dirname(os.path.abspath(path)) if path and path != ":memory:" else ""
+        if folder and not os.path.isdir(folder):
+            raise SweepsError(f"storage {shown}: folder {folder} does not exist; create it or choose another path")
+        engine_kwargs["connect_args"] = {"timeout": 30}
+    elif "://" not in url:
+        raise SweepsError(f"storage {shown!r} is not a database URL; use sqlite:///sweeps.db or postgresql://user:password@host/db")
+    try:
+        return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, skip_compatibility_check=False)
+    except sqlalchemy.exc.OperationalError as e:
+        reason = mask(str(e.orig).strip().splitlines()[0]) if e.orig else "connection failed"
+        raise SweepsError(
+            f"cannot reach the database at {shown}: {reason}; check that the server runs and the URL "
+            f"is right, or leave out --storage to use {DEFAULT_URL}"
+        ) from None
+    except (sqlalchemy.exc.ArgumentError, sqlalchemy.exc.NoSuchModuleError, ValueError) as e:
+        raise SweepsError(f"storage {shown}: {mask(str(e).splitlines()[0])}; use sqlite:///FILE or postgresql://user:password@host/db") from None
+    except RuntimeError as e:  # schema from another Optuna version
+        raise SweepsError(f"storage {shown}: {mask(str(e).splitlines()[0])}") from None

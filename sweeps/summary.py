@@ -1,0 +1,72 @@
+"""What a study holds, as plain dicts: for `status`, `best` and `ls`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import optuna
+
+from sweeps.coordinator import CONFIG_ATTR, REASON_ATTR, load_study
+from sweeps.errors import SweepsError
+from sweeps.storage import mask, open_storage, resolve_url
+
+STATES = ("COMPLETE", "PRUNED", "FAIL", "RUNNING", "WAITING")
+
+
+def _best(study: optuna.Study) -> optuna.trial.FrozenTrial | None:
+    try:
+        return study.best_trial
+    except ValueError:
+        return None
+
+
+def _trial_row(t: optuna.trial.FrozenTrial) -> dict[str, Any]:
+    seconds = t.duration.total_seconds() if t.duration else None
+    return {"number": t.number, "state": t.state.name, "value": t.value, "params": t.params,
+            "epochs": t.user_attrs.get("epochs_run", len(t.intermediate_values)),
+            "seconds": round(seconds, 1) if seconds is not None else None,
+            "reason": t.user_attrs.get(REASON_ATTR, "")}
+
+
+def status(name: str, storage_url: str | None) -> dict[str, Any]:
+    study = load_study(name, storage_url)
+    trials = study.get_trials(deepcopy=False)
+    counts = {s: sum(t.state.name == s for t in trials) for s in STATES}
+    starts = [t.datetime_start for t in trials if t.datetime_start]
+    ends = [t.datetime_complete for t in trials if t.datetime_complete]
+    elapsed = (max(ends) - min(starts)).total_seconds() if starts and ends else 0.0
+    config = study.user_attrs.get(CONFIG_ATTR, {})
+    best = _best(study)
+    return {
+        "study": name, "direction": study.direction.name.lower(),
+        "metric": config.get("metric", {}).get("name", "value"),
+        "n_trials": config.get("budget", {}).get("n_trials"),
+        "counts": counts,
+        "best": None if best is None else {"number": best.number, "value": best.value, "params": best.params},
+        "elapsed_seconds": round(elapsed, 1),
+        "trials": [_trial_row(t) for t in trials],
+    }
+
+
+def best(name: str, storage_url: str | None) -> dict[str, Any]:
+    study = load_study(name, storage_url)
+    b = _best(study)
+    if b is None:
+        raise SweepsError(f"study {name!r} has no completed trial yet; `sweeps status {name}` shows its trials")
+    metric_keys = ("accuracy", "macro_precision", "macro_recall", "macro_f1", "param_count", "seconds_per_epoch")
+    return {"study": name, "number": b.number, "value": b.value, "params": b.params,
+            "fixed_params": b.user_attrs.get("fixed_params", {}), "seed": b.user_attrs.get("seed"),
+            "metrics": {k: b.user_attrs[k] for k in metric_keys if k in b.user_attrs},
+            "learning_curve": {int(k): v for k, v in sorted(b.intermediate_values.items())}}
+
+
+def list_studies(storage_url: str | None) -> list[dict[str, Any]]:
+    storage = open_storage(storage_url)
+    out = []
+    for s in optuna.get_all_study_summaries(storage, include_best_trial=True):
+        out.append({"study": s.study_name, "n_trials": s.n_trials, "direction": s.direction.name.lower(),
+                    "best_value": s.best_trial.value if s.best_trial else None,
+                    "started": s.datetime_start.isoformat(timespec="seconds") if s.datetime_start else None})
+    if not out:
+        raise SweepsError(f"no studies in {mask(resolve_url(storage_url))}; start one with `sweeps run search_spaces/digits.yaml`")
+    return out

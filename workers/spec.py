@@ -1,0 +1,81 @@
+"""The plain data that crosses between the control plane and the workers.
+
+Defined once, here, so that both sides agree; nothing in this module imports
+TensorFlow, Ray or Optuna, so the control plane can use it freely.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
+ARCHITECTURES = ("simple_cnn", "resnet")
+METRICS = {"val_accuracy": "maximize", "val_loss": "minimize"}
+
+# Every hyperparameter a trial understands, with the value it takes when the
+# search space neither fixes nor searches it. An unknown name is an error.
+PARAMETER_DEFAULTS: dict[str, Any] = {
+    "learning_rate": 1e-3,      # optimizer step size
+    "batch_size": 64,
+    "optimizer": "adam",        # one of OPTIMIZERS
+    "momentum": 0.9,            # sgd and rmsprop only
+    "weight_decay": 4e-3,       # adamw only (decoupled decay)
+    "dropout": 0.0,             # before the classifier head
+    "l2": 0.0,                  # kernel L2 penalty on every conv / dense layer
+    "augment": 0.0,             # augmentation strength, 0..1
+    "architecture": "simple_cnn",
+    "width": 32,                # filters of the first conv block
+    "depth": 2,                 # conv blocks (simple_cnn) / residual blocks per stage (resnet)
+}
+
+
+class Decision(str, enum.Enum):
+    """What the coordinator answers to a per-epoch report."""
+
+    CONTINUE = "continue"
+    PRUNE = "prune"
+
+
+class TrialState(str, enum.Enum):
+    COMPLETE = "complete"
+    PRUNED = "pruned"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True)
+class TrialSpec:
+    """Everything a worker needs to train one trial; no storage, no secrets."""
+
+    number: int
+    params: dict[str, Any]
+    epochs: int
+    seed: int
+    metric: str = "val_accuracy"
+    flip: bool = False          # the dataset allows horizontal flips
+    threads: int = 1            # CPU threads TensorFlow may use
+
+
+@dataclass(frozen=True)
+class EpochReport:
+    number: int
+    epoch: int                  # 1-based: the step stored in Optuna
+    value: float
+    logs: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class TrialResult:
+    number: int
+    state: TrialState
+    value: float | None          # best epoch's metric (None when nothing was measured)
+    epochs_run: int
+    reason: str = ""             # why it was pruned or failed
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+
+class Reporter(Protocol):
+    """The worker's only channel to the coordinator."""
+
+    def report(self, report: EpochReport) -> Decision: ...

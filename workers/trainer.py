@@ -1,0 +1,92 @@
+"""train_trial(spec, data, reporter) -> result: plain Keras ``model.fit`` and one callback.
+
+The callback reports the metric after every epoch and stops training when the
+coordinator answers PRUNE; it adds one small message per epoch, nothing per
+batch. A NaN or infinite loss stops the trial as "diverged".
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any
+
+import numpy as np
+
+from workers import augment, metrics, models
+from workers.data import Arrays
+from workers.spec import Decision, EpochReport, Reporter, TrialResult, TrialSpec, TrialState
+
+
+def make_optimizer(params: dict[str, Any]) -> Any:
+    import keras
+
+    name, lr = params["optimizer"], params["learning_rate"]
+    if name == "adam":
+        return keras.optimizers.Adam(lr)
+    if name == "adamw":
+        return keras.optimizers.AdamW(lr, weight_decay=params["weight_decay"])
+    if name == "sgd":
+        return keras.optimizers.SGD(lr, momentum=params["momentum"])
+    if name == "rmsprop":
+        return keras.optimizers.RMSprop(lr, momentum=params["momentum"])
+    raise ValueError(f"unknown optimizer {name!r}")
+
+
+def _report_callback(spec: TrialSpec, reporter: Reporter, maximize: bool) -> Any:
+    import keras
+
+    class ReportCallback(keras.callbacks.Callback):
+        """Reports each epoch; remembers the best weights; stops on PRUNE or divergence."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.best: float | None = None
+            self.best_weights: list[np.ndarray] | None = None
+            self.epochs_run = 0
+            self.state = TrialState.COMPLETE
+            self.reason = ""
+
+        def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+            logs = {k: float(v) for k, v in (logs or {}).items()}
+            self.epochs_run = epoch + 1
+            loss = logs.get("loss", math.nan)
+            if not math.isfinite(loss):
+                self.state, self.reason = TrialState.PRUNED, f"diverged: loss became {loss} in epoch {epoch + 1}"
+                self.model.stop_training = True
+                return
+            value = logs[spec.metric]
+            if self.best is None or (value > self.best if maximize else value < self.best):
+                self.best, self.best_weights = value, self.model.get_weights()
+            decision = reporter.report(EpochReport(spec.number, epoch + 1, value, logs))
+            if decision == Decision.PRUNE:
+                self.state = TrialState.PRUNED
+                self.reason = f"pruned after epoch {epoch + 1} ({spec.metric}={value:.4f})"
+                self.model.stop_training = True
+
+    return ReportCallback()
+
+
+def train_trial(spec: TrialSpec, data: Arrays, reporter: Reporter) -> TrialResult:
+    """Train one configuration; the value is the best epoch's metric, and the kept weights are that epoch's."""
+    import keras
+
+    keras.utils.set_random_seed(spec.seed)
+    params = spec.params
+    model = models.build(params, data.input_shape, data.n_classes,
+                         augment.layers(params["augment"], spec.flip, seed=spec.seed))
+    model.compile(optimizer=make_optimizer(params), loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    maximize = spec.metric != "val_loss"
+    callback = _report_callback(spec, reporter, maximize)
+    started = time.perf_counter()
+    model.fit(data.x_train, data.y_train, batch_size=params["batch_size"], epochs=spec.epochs,
+              validation_data=(data.x_val, data.y_val), callbacks=[callback], verbose=0, shuffle=True)
+    seconds = time.perf_counter() - started
+    if callback.best_weights is None:
+        return TrialResult(spec.number, callback.state, None, callback.epochs_run, callback.reason)
+    model.set_weights(callback.best_weights)
+    predicted = np.argmax(model.predict(data.x_val, batch_size=256, verbose=0), axis=1)
+    found = metrics.classification(data.y_val, predicted, data.n_classes)
+    found.update(param_count=int(model.count_params()), train_seconds=round(seconds, 3),
+                 seconds_per_epoch=round(seconds / max(callback.epochs_run, 1), 4))
+    return TrialResult(spec.number, callback.state, callback.best, callback.epochs_run, callback.reason, found)

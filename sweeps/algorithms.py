@@ -16,6 +16,15 @@ from sweeps.config import SweepConfig
 from sweeps.errors import SweepsError
 
 
+class _AskTellGridSampler(optuna.samplers.GridSampler):
+    """GridSampler calls ``study.stop()`` when the grid is used up, which raises
+    under ask/tell and leaves the last trial RUNNING; the coordinator caps the
+    budget at the grid's size instead."""
+
+    def after_trial(self, study, trial, state, values):  # type: ignore[no-untyped-def]
+        pass
+
+
 def sampler(config: SweepConfig) -> optuna.samplers.BaseSampler:
     opts = {k: v for k, v in config.sampler.items() if k != "name"}
     name = config.sampler["name"]
@@ -40,7 +49,7 @@ def sampler(config: SweepConfig) -> optuna.samplers.BaseSampler:
                 raise SweepsError("sampler gp needs PyTorch; install it with `pip install 'sweeps[gp]'` or choose sampler tpe") from None
             return optuna.samplers.GPSampler(**opts)
         if name == "grid":
-            return optuna.samplers.GridSampler(space.grid(config.parameters), seed=opts.get("seed"))
+            return _AskTellGridSampler(space.grid(config.parameters), seed=opts.get("seed"))
     raise SweepsError(f"unknown sampler {name!r}")
 
 

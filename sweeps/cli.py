@@ -88,11 +88,12 @@ def _parser() -> argparse.ArgumentParser:
 
 def _run(args: argparse.Namespace) -> int:
     from sweeps import config as config_module
-    from sweeps.coordinator import run_sweep
-    from sweeps.progress import LiveProgress
 
     config = config_module.load(args.config).replace(study=args.study, n_trials=args.n_trials,
                                                      timeout=args.timeout, parallel=args.parallel)
+    from sweeps.coordinator import run_sweep  # imports Optuna: after the YAML is known to be good
+    from sweeps.progress import LiveProgress
+
     with LiveProgress(quiet=args.quiet or args.json) as progress:
         summary = run_sweep(config, args.storage, ray_address=args.ray_address, on_progress=progress)
     return _print_summary(summary, args.json)
@@ -139,7 +140,7 @@ def _status(args: argparse.Namespace) -> int:
     from rich.table import Table
 
     c = s["counts"]
-    console = Console()
+    console = Console(width=None if sys.stdout.isatty() else 250)
     console.print(f"study [bold]{s['study']}[/]: {s['metric']} ({s['direction']}), budget {s['n_trials']} trials, "
                   f"{s['elapsed_seconds']:.0f}s elapsed")
     console.print("  ".join(f"{k.lower()} {v}" for k, v in c.items()))
@@ -147,11 +148,12 @@ def _status(args: argparse.Namespace) -> int:
         b = s["best"]
         console.print(f"best: {b['value']:.4f} (trial {b['number']}) "
                       + ", ".join(f"{k}={_fmt(v)}" for k, v in b["params"].items()))
-    table = Table("#", "state", "value", "epochs", "seconds", "params", "reason")
+    names = list(dict.fromkeys(k for t in s["trials"] for k in t["params"]))
+    table = Table("#", "state", "value", "epochs", "sec", *names, "reason", box=None, header_style="bold")
     for t in s["trials"]:
         table.add_row(str(t["number"]), t["state"], "" if t["value"] is None else f"{t['value']:.4f}",
                       str(t["epochs"]), "" if t["seconds"] is None else f"{t['seconds']:.1f}",
-                      ", ".join(f"{k}={_fmt(v)}" for k, v in t["params"].items()), t["reason"])
+                      *(_fmt(t["params"][k]) if k in t["params"] else "" for k in names), t["reason"])
     console.print(table)
     return 0
 
@@ -177,6 +179,9 @@ def _ls(args: argparse.Namespace) -> int:
     rows = list_studies(args.storage)
     if args.json:
         print(json.dumps(rows, indent=2))
+        return 0
+    if not rows:
+        print("no studies yet; start one with `sweeps run search_spaces/digits.yaml`")
         return 0
     width = max(len(r["study"]) for r in rows)
     print(f"{'study':<{width}}  trials  best      started")

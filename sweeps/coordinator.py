@@ -70,7 +70,7 @@ def run_sweep(config: SweepConfig, storage_url: str | None = None, *, ray_addres
               on_progress: ProgressCallback | None = None) -> dict[str, Any]:
     """Create the study and run it until its budget is met."""
     arrays = _load_data(config)
-    storage = open_storage(storage_url)
+    storage = open_storage(storage_url, create=True)
     try:
         study = optuna.create_study(storage=storage, study_name=config.study, direction=config.direction,
                                     sampler=algorithms.sampler(config), pruner=algorithms.pruner(config))

@@ -30,8 +30,12 @@ def mask(text: str) -> str:
     return _PASSWORD.sub(lambda m: f"{m['head']}***{m['tail']}", text)
 
 
-def open_storage(url: str | None) -> Any:
-    """An Optuna RDBStorage for the URL, or a SweepsError naming what is wrong."""
+def open_storage(url: str | None, *, create: bool = False) -> Any:
+    """An Optuna RDBStorage for the URL, or a SweepsError naming what is wrong.
+
+    A missing SQLite file is created only with ``create`` (by `run`), so that a
+    mistyped path in `status` or `resume` is reported, not silently made.
+    """
     import optuna
     import sqlalchemy.exc
 
@@ -39,8 +43,10 @@ def open_storage(url: str | None) -> Any:
     shown = mask(url)
     engine_kwargs: dict[str, Any] = {"pool_pre_ping": True}
     if url.startswith(("postgresql", "postgres")):
-        if url.startswith("postgres://"):
-            url = "postgresql://" + url[len("postgres://"):]
+        # SQLAlchemy 2.1 maps a bare postgresql:// to psycopg 3; we ship psycopg2.
+        for bare in ("postgres://", "postgresql://"):
+            if url.startswith(bare):
+                url = "postgresql+psycopg2://" + url[len(bare):]
         engine_kwargs["connect_args"] = {"connect_timeout": 10, "application_name": APPLICATION_NAME}
         engine_kwargs["pool_size"] = 2
         engine_kwargs["max_overflow"] = 2
@@ -49,6 +55,9 @@ def open_storage(url: str | None) -> Any:
         folder = os.path.dirname(os.path.abspath(path)) if path and path != ":memory:" else ""
         if folder and not os.path.isdir(folder):
             raise SweepsError(f"storage {shown}: folder {folder} does not exist; create it or choose another path")
+        if path and path != ":memory:" and not create and not os.path.exists(path):
+            raise SweepsError(f"storage {shown}: no such database file; run a sweep there first, or point --storage "
+                              "(or $SWEEPS_STORAGE) at the right file")
         engine_kwargs["connect_args"] = {"timeout": 30}
     elif "://" not in url:
         raise SweepsError(f"storage {shown!r} is not a database URL; use sqlite:///sweeps.db or postgresql://user:password@host/db")
@@ -62,5 +71,8 @@ def open_storage(url: str | None) -> Any:
         ) from None
     except (sqlalchemy.exc.ArgumentError, sqlalchemy.exc.NoSuchModuleError, ValueError) as e:
         raise SweepsError(f"storage {shown}: {mask(str(e).splitlines()[0])}; use sqlite:///FILE or postgresql://user:password@host/db") from None
+    except ImportError as e:
+        raise SweepsError(f"storage {shown}: its database driver is not installed ({e.__cause__ or e}); "
+                          "use postgresql:// (psycopg2) or sqlite:///") from None
     except RuntimeError as e:  # schema from another Optuna version
         raise SweepsError(f"storage {shown}: {mask(str(e).splitlines()[0])}") from None

@@ -8,7 +8,7 @@ import optuna
 
 from sweeps.coordinator import CONFIG_ATTR, REASON_ATTR, load_study
 from sweeps.errors import SweepsError
-from sweeps.storage import mask, open_storage, resolve_url
+from sweeps.storage import open_storage
 
 STATES = ("COMPLETE", "PRUNED", "FAIL", "RUNNING", "WAITING")
 
@@ -67,6 +67,4 @@ def list_studies(storage_url: str | None) -> list[dict[str, Any]]:
         out.append({"study": s.study_name, "n_trials": s.n_trials, "direction": s.direction.name.lower(),
                     "best_value": s.best_trial.value if s.best_trial else None,
                     "started": s.datetime_start.isoformat(timespec="seconds") if s.datetime_start else None})
-    if not out:
-        raise SweepsError(f"no studies in {mask(resolve_url(storage_url))}; start one with `sweeps run search_spaces/digits.yaml`")
     return out

@@ -28,11 +28,12 @@ def _conv_bn_relu(x: Any, filters: int, params: dict[str, Any], strides: int = 1
 
 
 def simple_cnn(params: dict[str, Any], x: Any, input_shape: tuple[int, ...]) -> Any:
-    """``depth`` blocks of conv-BN-ReLU, widths doubling; max-pool while the image is at least 4 px."""
+    """``depth`` VGG-style blocks (two conv-BN-ReLU), widths doubling; max-pool while the image is at least 4 px."""
     import keras
 
     size = min(input_shape[:2])
     for i in range(params["depth"]):
+        x = _conv_bn_relu(x, params["width"] * 2 ** i, params)
         x = _conv_bn_relu(x, params["width"] * 2 ** i, params)
         if size >= 4:
             x = keras.layers.MaxPooling2D(2)(x)
@@ -41,13 +42,13 @@ def simple_cnn(params: dict[str, Any], x: Any, input_shape: tuple[int, ...]) -> 
 
 
 def resnet(params: dict[str, Any], x: Any, input_shape: tuple[int, ...]) -> Any:
-    """Stem, then two stages of ``depth`` residual blocks; the second halves the size where it can."""
+    """Stem, then three stages of ``depth`` residual blocks; each later stage halves the size where it can."""
     import keras
 
     width = params["width"]
     x = _conv_bn_relu(x, width, params)
     size = min(input_shape[:2])
-    for stage in range(2):
+    for stage in range(3):
         filters = width * 2 ** stage
         for block in range(params["depth"]):
             strides = 2 if stage > 0 and block == 0 and size >= 4 else 1

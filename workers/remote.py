@@ -78,6 +78,7 @@ class TrainerWorker:
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
         import tensorflow as tf
 
+        tf.get_logger().setLevel("ERROR")   # retracing notices between trials are expected here
         tf.config.threading.set_intra_op_parallelism_threads(max(1, threads))
         tf.config.threading.set_inter_op_parallelism_threads(max(1, min(2, threads)))
         for gpu in tf.config.list_physical_devices("GPU"):

@@ -1,0 +1,88 @@
+"""Shared fixtures: a fresh PostgreSQL database per test session, the CLI as a real process.
+
+PostgreSQL is reached through SWEEPS_TEST_PG_ADMIN (an admin URL; default the
+trust-auth server on 127.0.0.1:5432 that .ci/run makes sure of). Each session
+creates its own database and drops it at the end.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+ADMIN_URL = os.environ.get("SWEEPS_TEST_PG_ADMIN", "postgresql://postgres@127.0.0.1:5432/postgres")
+
+
+@pytest.fixture(scope="session")
+def pg_url() -> Iterator[str]:
+    """URL of a database made for this test session (dropped afterwards)."""
+    import sqlalchemy
+
+    admin_url = ADMIN_URL.replace("postgresql://", "postgresql+psycopg2://", 1)
+    name = f"sweeps_test_{uuid.uuid4().hex[:10]}"
+    engine = sqlalchemy.create_engine(admin_url, isolation_level="AUTOCOMMIT")
+    try:
+        with engine.connect() as conn:
+            conn.execute(sqlalchemy.text(f'CREATE DATABASE "{name}"'))
+    except sqlalchemy.exc.OperationalError as e:
+        pytest.fail(f"PostgreSQL not reachable at {ADMIN_URL} ({e.orig}); start it (see README) or set SWEEPS_TEST_PG_ADMIN")
+    base = ADMIN_URL.rsplit("/", 1)[0]
+    yield f"{base}/{name}"
+    with engine.connect() as conn:
+        conn.execute(sqlalchemy.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    engine.dispose()
+
+
+def cli_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k != "SWEEPS_STORAGE"}
+    env.update(PYTHONUNBUFFERED="1", TF_CPP_MIN_LOG_LEVEL="2", **extra)
+    return env
+
+
+def run_cli(*args: str, cwd: Path | str | None = None, timeout: float = 300, **env: str) -> subprocess.CompletedProcess[str]:
+    """`sweeps ARGS` as a separate process, as a user runs it."""
+    return subprocess.run([sys.executable, "-m", "sweeps.cli", *args], cwd=cwd or ROOT, env=cli_env(**env),
+                          capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+
+
+def start_cli(*args: str, cwd: Path | str | None = None, **env: str) -> subprocess.Popen[str]:
+    return subprocess.Popen([sys.executable, "-m", "sweeps.cli", *args], cwd=cwd or ROOT, env=cli_env(**env),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
+
+
+TINY_SPACE: dict[str, Any] = {
+    "study": "tiny",
+    "dataset": {"name": "digits"},
+    "epochs": 3,
+    "seed": 0,
+    "sampler": {"name": "random"},
+    "pruner": {"name": "median", "n_startup_trials": 1, "n_warmup_steps": 0},
+    "budget": {"n_trials": 4},
+    "parallel": 2,
+    "resources": {"cpus": 1},
+    "parameters": {
+        "learning_rate": {"low": 1e-3, "high": 1e-2, "log": True},
+        "batch_size": 64,
+        "optimizer": {"values": ["adam", "sgd"]},
+        "momentum": {"low": 0.8, "high": 0.95, "when": {"optimizer": "sgd"}},
+        "architecture": {"values": ["simple_cnn", "resnet"]},
+        "width": 8,
+        "depth": {"values": [1], "when": {"architecture": "resnet"}},
+    },
+}
+
+
+def write_space(folder: Path, name: str = "space.yaml", **changes: Any) -> Path:
+    """A tiny, fast sweep YAML (digits, 3 epochs, 8 filters) with top-level keys replaced."""
+    space = {**TINY_SPACE, **changes}
+    path = folder / name
+    path.write_text(yaml.safe_dump(space, sort_keys=False))
+    return path

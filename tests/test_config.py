@@ -1,0 +1,135 @@
+"""Sweep YAML validation: each mistake is one line naming the file, the key and the fix."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from sweeps import config
+from tests.conftest import ROOT, TINY_SPACE, run_cli
+
+
+def _load(tmp_path: Path, text: str) -> config.SweepConfig:
+    path = tmp_path / "space.yaml"
+    path.write_text(text)
+    return config.load(path)
+
+
+def _with(**changes: object) -> str:
+    return yaml.safe_dump({**TINY_SPACE, **changes})
+
+
+def _with_param(name: str, spec: object) -> str:
+    return _with(parameters={**TINY_SPACE["parameters"], name: spec})
+
+
+BAD = {
+    "malformed YAML": ("study: x\nparameters: {learning_rate: [1, 2\n", "malformed YAML at line"),
+    "unknown top-level key": (_with(epocs=3), "epocs: unknown key"),
+    "unknown parameter": (_with_param("learning_rte", {"low": 0.1, "high": 1.0}), "parameters.learning_rte: unknown parameter"),
+    "low > high": (_with_param("dropout", {"low": 0.6, "high": 0.5}), "parameters.dropout: low (0.6) > high (0.5)"),
+    "log with low <= 0": (_with_param("l2", {"low": 0.0, "high": 0.1, "log": True}), "parameters.l2: log scale needs low > 0"),
+    "empty choice list": (_with_param("batch_size", {"values": []}), "parameters.batch_size.values: the choice list is empty"),
+    "condition on a missing parent": (
+        _with_param("momentum", {"low": 0.5, "high": 0.9, "when": {"optimiser": "sgd"}}),
+        "parameters.momentum.when.optimiser: the condition names 'optimiser', which is not in parameters"),
+    "unknown optimizer": (_with_param("optimizer", {"values": ["adam", "lion"]}), "unknown optimizer 'lion'"),
+    "unknown key in a parameter": (_with_param("dropout", {"low": 0.0, "hi": 0.5}), "parameters.dropout.hi: unknown key"),
+    "unknown sampler": (_with(sampler={"name": "bayes"}), "sampler.name: unknown sampler 'bayes'"),
+    "unknown pruner option": (_with(pruner={"name": "median", "warmup": 2}), "pruner.warmup: unknown key"),
+    "flip on digits": (_with(dataset={"name": "digits", "flip": True}), "dataset.flip"),
+    "grid with a continuous range": (_with(sampler={"name": "grid"}), "the grid sampler needs discrete values"),
+    "condition value not among the parent's": (
+        _with_param("momentum", {"low": 0.5, "high": 0.9, "when": {"optimizer": "rmsprop"}}),
+        "'rmsprop' is not among optimizer's values"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD))
+def test_bad_input_is_one_line_naming_key_and_file(tmp_path: Path, case: str) -> None:
+    text, expected = BAD[case]
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    with pytest.raises(config.ConfigError) as err:
+        config.load(path)
+    message = str(err.value)
+    assert message.startswith(str(path) + ":"), message
+    assert expected in message
+    assert "\n" not in message
+
+
+@pytest.mark.parametrize("case", ["malformed YAML", "unknown parameter", "low > high", "condition on a missing parent"])
+def test_cli_reports_bad_yaml_without_traceback_and_stores_nothing(tmp_path: Path, case: str) -> None:
+    text, expected = BAD[case]
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    result = run_cli("run", str(path), cwd=tmp_path, timeout=60)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and expected in lines[0], result.stderr
+    assert "Traceback" not in result.stderr + result.stdout
+    assert not (tmp_path / "sweeps.db").exists()
+
+
+def test_missing_file_is_clear(tmp_path: Path) -> None:
+    result = run_cli("run", str(tmp_path / "nope.yaml"), cwd=tmp_path, timeout=60)
+    assert result.returncode == 2
+    assert "nope.yaml: no such file" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_shipped_spaces_load() -> None:
+    for path in sorted((ROOT / "search_spaces").glob("*.yaml")):
+        cfg = config.load(path)
+        assert cfg.parameters and cfg.n_trials >= 1, path
+
+
+def test_defaults_and_round_trip(tmp_path: Path) -> None:
+    cfg = _load(tmp_path, _with())
+    assert cfg.direction == "maximize" and cfg.metric == "val_accuracy"
+    assert cfg.sampler == {"name": "random", "seed": 0}
+    again = config.from_dict(cfg.to_dict(), source="stored")
+    assert again == cfg
+
+
+def test_overrides_keep_validation(tmp_path: Path) -> None:
+    cfg = _load(tmp_path, _with())
+    changed = cfg.replace(study="other", n_trials=7, parallel=3)
+    assert (changed.study, changed.n_trials, changed.parallel) == ("other", 7, 3)
+    with pytest.raises(config.ConfigError, match="budget.n_trials: must be at least 1"):
+        cfg.replace(n_trials=0)
+
+
+def test_forms_of_a_parameter(tmp_path: Path) -> None:
+    cfg = _load(tmp_path, _with(parameters={
+        "learning_rate": 0.01,                                  # fixed
+        "batch_size": {"values": [32, 64]},                     # categorical
+        "width": {"low": 8, "high": 32, "step": 8},             # int range
+        "dropout": {"low": 0.0, "high": 0.5},                   # float range
+        "optimizer": {"value": "sgd"},
+        "momentum": {"low": 0.5, "high": 0.9, "when": {"optimizer": "sgd"}},
+    }))
+    p = cfg.parameters
+    assert p["learning_rate"].fixed and p["learning_rate"].value == 0.01
+    assert p["batch_size"].values == [32, 64]
+    assert p["width"].is_int and p["width"].step == 8
+    assert p["momentum"].when == {"optimizer": ["sgd"]}
+
+
+def test_relative_dataset_path_is_taken_from_the_yaml_folder(tmp_path: Path) -> None:
+    cfg = _load(tmp_path, _with(dataset={"name": "npz", "path": "data/set.npz"}))
+    assert cfg.dataset.path == str(tmp_path / "data" / "set.npz")
+
+
+def test_int_parameter_rejects_fractions(tmp_path: Path) -> None:
+    with pytest.raises(config.ConfigError, match="width takes whole numbers"):
+        _load(tmp_path, _with_param("width", {"low": 8.5, "high": 32}))
+
+
+def test_condition_cycle_is_rejected(tmp_path: Path) -> None:
+    with pytest.raises(config.ConfigError, match="cycle"):
+        _load(tmp_path, _with(parameters={
+            "optimizer": {"values": ["adam", "sgd"], "when": {"architecture": "resnet"}},
+            "architecture": {"values": ["simple_cnn", "resnet"], "when": {"optimizer": "sgd"}},
+        }))

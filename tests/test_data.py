@@ -1,0 +1,96 @@
+"""Dataset sources: built-ins, .npz, image folders; clear errors before any trial starts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from workers import data
+from workers.data import DatasetError
+
+
+def test_digits_split_is_stratified_scaled_and_fixed() -> None:
+    a = data.load({"name": "digits", "val_fraction": 0.2}, seed=0)
+    assert a.input_shape == (8, 8, 1) and a.n_classes == 10
+    assert len(a.y_train) + len(a.y_val) == 1797 and abs(len(a.y_val) - 360) <= 1
+    assert a.x_train.dtype == np.float32 and 0.0 <= a.x_train.min() and a.x_train.max() <= 1.0
+    share_train = np.bincount(a.y_train) / len(a.y_train)
+    share_val = np.bincount(a.y_val) / len(a.y_val)
+    assert np.abs(share_train - share_val).max() < 0.01
+    b = data.load({"name": "digits", "val_fraction": 0.2}, seed=0)
+    assert np.array_equal(a.y_val, b.y_val)
+
+
+def test_mnist_is_the_5000_real_images(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    a = data.load({"name": "mnist"}, seed=0)
+    assert a.input_shape == (28, 28, 1) and a.n_classes == 10
+    assert len(a.y_train) + len(a.y_val) == 5000
+    assert (tmp_path / "sweeps" / "mnist5k.npz").exists()          # cached for the next load
+    again = data.load({"name": "mnist"}, seed=0)
+    assert np.array_equal(a.x_val, again.x_val)
+
+
+def test_npz_with_and_without_validation(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, size=(40, 10, 10), dtype=np.uint8)
+    y = np.repeat(["cat", "dog"], 20)
+    np.savez(tmp_path / "a.npz", x_train=x, y_train=y)
+    a = data.load({"name": "npz", "path": str(tmp_path / "a.npz"), "val_fraction": 0.25})
+    assert a.class_names == ("cat", "dog") and a.input_shape == (10, 10, 1) and len(a.y_val) == 10
+    assert a.x_train.max() <= 1.0
+    np.savez(tmp_path / "b.npz", x_train=x, y_train=y, x_val=x[:4], y_val=y[:4])
+    b = data.load({"name": "npz", "path": str(tmp_path / "b.npz")})
+    assert len(b.y_val) == 4 and len(b.y_train) == 40
+
+
+def test_npz_errors(tmp_path: Path) -> None:
+    np.savez(tmp_path / "bad.npz", images=np.zeros((3, 4, 4)))
+    with pytest.raises(DatasetError, match="no 'x_train' array"):
+        data.load({"name": "npz", "path": str(tmp_path / "bad.npz")})
+    np.savez(tmp_path / "empty.npz", x_train=np.zeros((0, 4, 4)), y_train=np.zeros((0,)))
+    with pytest.raises(DatasetError, match="x_train is empty"):
+        data.load({"name": "npz", "path": str(tmp_path / "empty.npz")})
+    with pytest.raises(DatasetError, match="does not exist"):
+        data.load({"name": "npz", "path": str(tmp_path / "missing.npz")})
+
+
+def _images(folder: Path, cls: str, n: int, size: tuple[int, int], color: int) -> None:
+    (folder / cls).mkdir(parents=True)
+    for i in range(n):
+        Image.new("RGB", size, (color, i * 10, 0)).save(folder / cls / f"{i}.png")
+
+
+def test_folder_of_class_subfolders(tmp_path: Path) -> None:
+    _images(tmp_path, "bright", 6, (12, 10), 250)
+    _images(tmp_path, "dark", 6, (20, 20), 5)          # other size: resized
+    a = data.load({"name": "folder", "path": str(tmp_path), "image_size": [16, 16], "color": "rgb",
+                   "val_fraction": 0.34})
+    assert a.class_names == ("bright", "dark") and a.input_shape == (16, 16, 3)
+    assert len(a.y_train) + len(a.y_val) == 12
+    assert a.x_train[a.y_train == 0, ..., 0].mean() > 0.9 > 0.1 > a.x_train[a.y_train == 1, ..., 0].mean()
+
+
+def test_folder_errors(tmp_path: Path) -> None:
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(DatasetError, match="is empty; it needs one subfolder of images per class"):
+        data.load({"name": "folder", "path": str(empty)})
+    one = tmp_path / "one"
+    _images(one, "a", 3, (8, 8), 0)
+    with pytest.raises(DatasetError, match="needs at least 2"):
+        data.load({"name": "folder", "path": str(one)})
+    hollow = tmp_path / "hollow"
+    _images(hollow, "a", 3, (8, 8), 0)
+    (hollow / "b").mkdir()
+    with pytest.raises(DatasetError, match="has no images"):
+        data.load({"name": "folder", "path": str(hollow)})
+    broken = tmp_path / "broken"
+    _images(broken, "a", 3, (8, 8), 0)
+    _images(broken, "b", 3, (8, 8), 0)
+    (broken / "b" / "x.png").write_bytes(b"not a png")
+    with pytest.raises(DatasetError, match=r"cannot read image .*x\.png"):
+        data.load({"name": "folder", "path": str(broken)})

@@ -1,0 +1,43 @@
+"""Storage URLs: masking, defaults, and a real PostgreSQL connection."""
+
+from __future__ import annotations
+
+import pytest
+
+from sweeps import storage
+from sweeps.errors import SweepsError
+
+
+@pytest.mark.parametrize("url, shown", [
+    ("postgresql://user:secret@host:5432/db", "postgresql://user:***@host:5432/db"),
+    ("postgresql+psycopg2://u:p%40ss@h/db?sslmode=require", "postgresql+psycopg2://u:***@h/db?sslmode=require"),
+    ("postgresql://user@host/db", "postgresql://user@host/db"),
+    ("sqlite:///sweeps.db", "sqlite:///sweeps.db"),
+    ("error at postgresql://a:b@c/d and mysql://x:y@z/w", "error at postgresql://a:***@c/d and mysql://x:***@z/w"),
+])
+def test_mask(url: str, shown: str) -> None:
+    assert storage.mask(url) == shown
+
+
+def test_resolve_order(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("SWEEPS_STORAGE", raising=False)
+    assert storage.resolve_url(None) == "sqlite:///sweeps.db"
+    monkeypatch.setenv("SWEEPS_STORAGE", "sqlite:///env.db")
+    assert storage.resolve_url(None) == "sqlite:///env.db"
+    assert storage.resolve_url("sqlite:///arg.db") == "sqlite:///arg.db"
+
+
+def test_postgresql_connection_is_named_and_bounded(pg_url: str) -> None:
+    import sqlalchemy
+
+    s = storage.open_storage(pg_url)
+    assert s.engine.dialect.driver == "psycopg2"
+    with s.engine.connect() as conn:
+        name = conn.execute(sqlalchemy.text("SHOW application_name")).scalar()
+    assert name == storage.APPLICATION_NAME
+    s.engine.dispose()
+
+
+def test_not_a_url() -> None:
+    with pytest.raises(SweepsError, match="is not a database URL"):
+        storage.open_storage("sweeps.db")

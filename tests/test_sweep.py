@@ -1,0 +1,209 @@
+"""End-to-end sweeps: the real CLI, real PostgreSQL / SQLite, a real local Ray, real Keras training."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import optuna
+import psutil
+import pytest
+import sqlalchemy
+
+from tests.conftest import run_cli, start_cli, write_space
+
+pytestmark = pytest.mark.slow
+BIN = Path(sys.executable).parent
+FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.FAIL)
+
+
+def _driver_url(url: str) -> str:
+    """Plain Optuna with SQLAlchemy 2.1 needs the driver named for psycopg2."""
+    return url.replace("postgresql://", "postgresql+psycopg2://", 1)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _check_every_epoch_stored(trials: list[optuna.trial.FrozenTrial]) -> None:
+    for t in trials:
+        if t.state == optuna.trial.TrialState.FAIL:
+            continue
+        steps = sorted(t.intermediate_values)
+        assert steps == list(range(1, t.user_attrs["epochs_run"] + 1)), (t.number, steps)
+
+
+def test_postgresql_sweep_two_in_parallel_workers_never_connect(pg_url: str, tmp_path: Path) -> None:
+    space = write_space(tmp_path, study="pg-sweep", budget={"n_trials": 4}, parallel=2)
+    db = pg_url.rsplit("/", 1)[1]
+    monitor = sqlalchemy.create_engine(_driver_url(pg_url), isolation_level="AUTOCOMMIT")
+    proc = start_cli("run", str(space), "--storage", pg_url, cwd=tmp_path)
+    client_pids: set[int] = set()
+    names: set[str] = set()
+    most_connections = most_running = 0
+    try:
+        with monitor.connect() as conn:
+            me = conn.execute(sqlalchemy.text("SELECT pg_backend_pid()")).scalar()
+            while proc.poll() is None:
+                rows = conn.execute(sqlalchemy.text(
+                    "SELECT client_port, application_name FROM pg_stat_activity WHERE datname = :db AND pid <> :me"),
+                    {"db": db, "me": me}).all()
+                ports = {r.client_port for r in rows}
+                names |= {r.application_name for r in rows}
+                most_connections = max(most_connections, len(rows))
+                for c in psutil.net_connections(kind="tcp"):
+                    if c.laddr and c.laddr.port in ports and c.pid:
+                        client_pids.add(c.pid)
+                try:
+                    running = conn.execute(sqlalchemy.text(
+                        "SELECT count(*) FROM trials WHERE state = 'RUNNING'")).scalar()
+                    most_running = max(most_running, running)
+                except sqlalchemy.exc.ProgrammingError:
+                    pass                                        # tables not created yet
+                time.sleep(0.1)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        monitor.dispose()
+    assert proc.returncode == 0, err
+    assert "study pg-sweep: " in out and "of 4" in out
+    # Principle 1: the only client of the database is the coordinator process itself.
+    assert client_pids == {proc.pid}, (client_pids, proc.pid)
+    assert names == {"sweeps-coordinator"}
+    assert most_running == 2, "two trials should have run at once"
+    assert 1 <= most_connections <= 4
+
+    study = optuna.load_study(study_name="pg-sweep", storage=_driver_url(pg_url))
+    trials = study.get_trials()
+    assert len(trials) == 4 and all(t.state in FINISHED for t in trials)
+    assert sum(t.state == optuna.trial.TrialState.COMPLETE for t in trials) >= 1
+    _check_every_epoch_stored(trials)
+    assert study.user_attrs["sweeps:config"]["budget"]["n_trials"] == 4
+
+    listed = subprocess.run([str(BIN / "optuna"), "trials", "--study-name", "pg-sweep", "--storage",
+                             _driver_url(pg_url), "-f", "json"], capture_output=True, text=True, timeout=60)
+    assert listed.returncode == 0, listed.stderr
+    assert len(json.loads(listed.stdout)) == 4
+
+    status = json.loads(run_cli("status", "pg-sweep", "--storage", pg_url, "--json").stdout)
+    assert status["counts"]["COMPLETE"] + status["counts"]["PRUNED"] + status["counts"]["FAIL"] == 4
+    best = json.loads(run_cli("best", "pg-sweep", "--storage", pg_url, "--json").stdout)
+    assert best["value"] == pytest.approx(study.best_value) and best["params"] == study.best_params
+    listing = json.loads(run_cli("ls", "--storage", pg_url, "--json").stdout)
+    assert [r["study"] for r in listing] == ["pg-sweep"] and listing[0]["n_trials"] == 4
+    again = run_cli("run", str(space), "--storage", pg_url, cwd=tmp_path)
+    assert again.returncode == 2 and "already exists" in again.stderr and "sweeps resume pg-sweep" in again.stderr
+
+    port = _free_port()
+    dashboard = subprocess.Popen([str(BIN / "optuna-dashboard"), "--host", "127.0.0.1", "--port", str(port),
+                                  _driver_url(pg_url)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                served = _get_json(f"http://127.0.0.1:{port}/api/studies")
+                break
+            except OSError:
+                assert dashboard.poll() is None and time.monotonic() < deadline, "optuna-dashboard did not start"
+                time.sleep(0.5)
+        studies = {s["study_name"]: s for s in served["study_summaries"]}
+        assert "pg-sweep" in studies
+        detail = _get_json(f"http://127.0.0.1:{port}/api/studies/{studies['pg-sweep']['study_id']}")
+        assert len(detail["trials"]) == 4
+        assert all(len(t["intermediate_values"]) >= 1 for t in detail["trials"] if t["state"] != "Fail")
+    finally:
+        dashboard.terminate()
+        dashboard.wait(timeout=30)
+
+
+def _get_json(url: str) -> dict:
+    with urllib.request.urlopen(url, timeout=5) as r:
+        return json.loads(r.read())
+
+
+def test_sqlite_sweep_prunes_bad_region_and_keeps_conditions(tmp_path: Path) -> None:
+    space = write_space(tmp_path, study="lite", budget={"n_trials": 8}, parallel=1, epochs=4,
+                        sampler={"name": "random", "seed": 3},
+                        pruner={"name": "median", "n_startup_trials": 1, "n_warmup_steps": 0},
+                        parameters={
+                            "learning_rate": {"values": [1.0e-6, 1.0e-2]},
+                            "optimizer": {"values": ["adam", "sgd"]},
+                            "momentum": {"low": 0.8, "high": 0.95, "when": {"optimizer": "sgd"}},
+                            "architecture": {"values": ["simple_cnn", "resnet"]},
+                            "depth": {"values": [1], "when": {"architecture": "resnet"}},
+                            "width": 8, "batch_size": 32,
+                        })
+    result = run_cli("run", str(space), cwd=tmp_path)          # default storage: sqlite:///sweeps.db here
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "sweeps.db").exists()
+    study = optuna.load_study(study_name="lite", storage=f"sqlite:///{tmp_path}/sweeps.db")
+    trials = sorted(study.get_trials(), key=lambda t: t.number)
+    assert len(trials) == 8 and all(t.state in FINISHED for t in trials)
+    _check_every_epoch_stored(trials)
+    for t in trials:                     # conditional parameters exist only under their parent
+        assert ("momentum" in t.params) == (t.params["optimizer"] == "sgd")
+        assert ("depth" in t.params) == (t.params["architecture"] == "resnet")
+        assert t.user_attrs["seed"] >= 0
+    # One trial at a time: a bad trial started after a complete one must be pruned.
+    bad_after_reference = [t for t in trials if t.params["learning_rate"] == 1e-6
+                           and any(o.number < t.number and o.state == optuna.trial.TrialState.COMPLETE for o in trials)]
+    assert bad_after_reference, "the seed should draw the bad region after a complete trial"
+    assert all(t.state == optuna.trial.TrialState.PRUNED for t in bad_after_reference)
+    assert all(t.user_attrs["epochs_run"] < 4 for t in bad_after_reference)
+    assert study.best_params["learning_rate"] == 1e-2
+
+
+def test_interrupted_sweep_resumes_to_its_budget_in_a_new_process(tmp_path: Path) -> None:
+    db = tmp_path / "store" / "sweeps.db"
+    db.parent.mkdir()
+    url = f"sqlite:///{db}"
+    space = write_space(tmp_path, study="resumable", budget={"n_trials": 4}, parallel=1)
+    proc = start_cli("run", str(space), "--storage", url, cwd=tmp_path)
+    try:
+        deadline = time.monotonic() + 240
+        while True:
+            assert proc.poll() is None, proc.communicate()[1]
+            assert time.monotonic() < deadline, "no trial finished in time"
+            if db.exists():
+                try:
+                    study = optuna.load_study(study_name="resumable", storage=url)
+                    if any(t.state in FINISHED for t in study.get_trials()):
+                        break
+                except KeyError:
+                    pass
+            time.sleep(0.3)
+        proc.send_signal(signal.SIGINT)     # first Ctrl-C: launch nothing new, let the running trial finish
+        out, err = proc.communicate(timeout=180)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, err
+    assert "sweeps resume resumable" in out
+    study = optuna.load_study(study_name="resumable", storage=url)
+    done_before = [t for t in study.get_trials() if t.state in FINISHED]
+    assert 1 <= len(done_before) < 4
+    assert not [t for t in study.get_trials() if t.state == optuna.trial.TrialState.RUNNING]
+
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    result = run_cli("resume", "resumable", cwd=elsewhere, SWEEPS_STORAGE=url)
+    assert result.returncode == 0, result.stderr
+    trials = optuna.load_study(study_name="resumable", storage=url).get_trials()
+    assert len([t for t in trials if t.state in FINISHED]) == 4 and len(trials) == 4
+    _check_every_epoch_stored(trials)
+    assert not (elsewhere / "sweeps.db").exists()
+    # The budget is met: a further resume starts nothing and says so.
+    again = run_cli("resume", "resumable", "--storage", url, "--json", cwd=elsewhere)
+    assert again.returncode == 0 and json.loads(again.stdout)["budget_met"] is True
+    assert len(optuna.load_study(study_name="resumable", storage=url).get_trials()) == 4

@@ -1,0 +1,81 @@
+"""The worker's training, in-process: real Keras on tiny data, a plain reporter."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from workers import data, models
+from workers.spec import PARAMETER_DEFAULTS, Decision, EpochReport, TrialSpec, TrialState
+from workers.trainer import train_trial
+
+
+class ListReporter:
+    """Records reports; answers PRUNE from epoch ``prune_at`` on."""
+
+    def __init__(self, prune_at: int | None = None) -> None:
+        self.reports: list[EpochReport] = []
+        self.prune_at = prune_at
+
+    def report(self, report: EpochReport) -> Decision:
+        self.reports.append(report)
+        return Decision.PRUNE if self.prune_at and report.epoch >= self.prune_at else Decision.CONTINUE
+
+
+@pytest.fixture(scope="module")
+def digits() -> data.Arrays:
+    return data.load({"name": "digits", "val_fraction": 0.2}, seed=0)
+
+
+def _spec(epochs: int = 3, **params: object) -> TrialSpec:
+    return TrialSpec(number=0, params={**PARAMETER_DEFAULTS, "width": 8, **params}, epochs=epochs, seed=1)
+
+
+@pytest.mark.parametrize("architecture", ["simple_cnn", "resnet"])
+def test_trains_and_reports_every_epoch(digits: data.Arrays, architecture: str) -> None:
+    reporter = ListReporter()
+    result = train_trial(_spec(architecture=architecture, depth=2, width=16, learning_rate=1e-2), digits, reporter)
+    assert result.state == TrialState.COMPLETE and result.epochs_run == 3
+    assert [r.epoch for r in reporter.reports] == [1, 2, 3]
+    assert result.value == max(r.value for r in reporter.reports)
+    assert result.value > 0.5                      # it learned something in 3 epochs
+    m = result.metrics
+    assert m["accuracy"] == pytest.approx(result.value, abs=1e-6)
+    assert len(m["confusion_matrix"]) == 10 and sum(map(sum, m["confusion_matrix"])) == len(digits.y_val)
+    assert 0 < m["macro_f1"] <= 1 and m["param_count"] > 0
+
+
+def test_prune_stops_training(digits: data.Arrays) -> None:
+    reporter = ListReporter(prune_at=2)
+    result = train_trial(_spec(epochs=6), digits, reporter)
+    assert result.state == TrialState.PRUNED and result.epochs_run == 2
+    assert len(reporter.reports) == 2 and "pruned after epoch 2" in result.reason
+
+
+def test_nan_loss_stops_as_diverged(digits: data.Arrays) -> None:
+    poisoned = data.Arrays(digits.x_train * np.float32(1e38), digits.y_train, digits.x_val, digits.y_val,
+                           digits.class_names)
+    result = train_trial(_spec(epochs=3, learning_rate=10.0, optimizer="sgd"), poisoned, ListReporter())
+    assert result.state == TrialState.PRUNED and result.reason.startswith("diverged")
+    assert result.epochs_run == 1
+
+
+def test_same_seed_same_result(digits: data.Arrays) -> None:
+    a = train_trial(_spec(epochs=2), digits, ListReporter())
+    b = train_trial(_spec(epochs=2), digits, ListReporter())
+    assert a.value == pytest.approx(b.value, abs=0.02)
+
+
+def test_augmentation_layers_follow_strength_and_flip() -> None:
+    from workers import augment
+
+    params = {**PARAMETER_DEFAULTS, "width": 8}
+    names = lambda layers: [type(l).__name__ for l in layers]  # noqa: E731
+    assert augment.layers(0.0, flip=False) == []
+    assert "RandomFlip" not in names(augment.layers(0.5, flip=False))
+    assert names(augment.layers(0.5, flip=True))[0] == "RandomFlip"
+    model = models.build(params, (8, 8, 1), 10, augment.layers(0.5, flip=False))
+    kinds = {type(l).__name__ for l in model.layers}
+    assert {"RandomRotation", "RandomZoom", "RandomTranslation", "RandomContrast"} <= kinds
+    x = np.random.default_rng(0).random((4, 8, 8, 1), dtype=np.float32)
+    assert np.allclose(model(x, training=False), model(x, training=False))   # no augmentation at evaluation

@@ -46,6 +46,7 @@ def _check_every_epoch_stored(trials: list[optuna.trial.FrozenTrial]) -> None:
 def test_postgresql_sweep_two_in_parallel_workers_never_connect(pg_url: str, tmp_path: Path) -> None:
     space = write_space(tmp_path, study="pg-sweep", budget={"n_trials": 4}, parallel=2)
     db = pg_url.rsplit("/", 1)[1]
+    server_port = sqlalchemy.engine.make_url(pg_url).port or 5432
     monitor = sqlalchemy.create_engine(_driver_url(pg_url), isolation_level="AUTOCOMMIT")
     proc = start_cli("run", str(space), "--storage", pg_url, cwd=tmp_path)
     client_pids: set[int] = set()
@@ -61,8 +62,8 @@ def test_postgresql_sweep_two_in_parallel_workers_never_connect(pg_url: str, tmp
                 ports = {r.client_port for r in rows}
                 names |= {r.application_name for r in rows}
                 most_connections = max(most_connections, len(rows))
-                for c in psutil.net_connections(kind="tcp"):
-                    if c.laddr and c.laddr.port in ports and c.pid:
+                for c in psutil.net_connections(kind="tcp"):   # the client end of each PostgreSQL connection
+                    if c.pid and c.laddr and c.raddr and c.raddr.port == server_port and c.laddr.port in ports:
                         client_pids.add(c.pid)
                 try:
                     running = conn.execute(sqlalchemy.text(

@@ -22,14 +22,15 @@ from pathlib import Path
 import optuna
 import sqlalchemy
 
+from sweeps.storage import driver_url
+
 ROOT = Path(__file__).resolve().parents[1]
 ADMIN = os.environ.get("SWEEPS_TEST_PG_ADMIN", "postgresql://postgres@127.0.0.1:5432/postgres")
 
 
 def main() -> None:
     name = f"sweeps_bench_{uuid.uuid4().hex[:8]}"
-    admin = sqlalchemy.create_engine(ADMIN.replace("postgresql://", "postgresql+psycopg2://", 1),
-                                     isolation_level="AUTOCOMMIT")
+    admin = sqlalchemy.create_engine(driver_url(ADMIN), isolation_level="AUTOCOMMIT")
     with admin.connect() as c:
         c.execute(sqlalchemy.text(f'CREATE DATABASE "{name}"'))
     url = f"{ADMIN.rsplit('/', 1)[0]}/{name}"
@@ -38,8 +39,7 @@ def main() -> None:
         started = time.monotonic()
         subprocess.run([sys.executable, "-m", "sweeps.cli", *command[1:]], cwd=ROOT, check=True)
         wall = time.monotonic() - started
-        study = optuna.load_study(study_name="digits-demo",
-                                  storage=url.replace("postgresql://", "postgresql+psycopg2://", 1))
+        study = optuna.load_study(study_name="digits-demo", storage=driver_url(url))
         states = {s: sum(t.state.name == s for t in study.trials) for s in ("COMPLETE", "PRUNED", "FAIL")}
         print(f"| {datetime.date.today()} | {platform.node()}, {os.cpu_count()} cores | `{' '.join(command)}` "
               f"| {wall:.0f} s | {study.best_value:.4f} | {states['COMPLETE']} complete, {states['PRUNED']} pruned, "

@@ -30,6 +30,14 @@ def mask(text: str) -> str:
     return _PASSWORD.sub(lambda m: f"{m['head']}***{m['tail']}", text)
 
 
+def driver_url(url: str) -> str:
+    """Name psycopg2 in a bare PostgreSQL URL: SQLAlchemy 2.1 maps postgresql:// to psycopg 3, which we do not ship."""
+    for bare in ("postgres://", "postgresql://"):
+        if url.startswith(bare):
+            return "postgresql+psycopg2://" + url[len(bare):]
+    return url
+
+
 def open_storage(url: str | None, *, create: bool = False) -> Any:
     """An Optuna RDBStorage for the URL, or a SweepsError naming what is wrong.
 
@@ -43,10 +51,7 @@ def open_storage(url: str | None, *, create: bool = False) -> Any:
     shown = mask(url)
     engine_kwargs: dict[str, Any] = {"pool_pre_ping": True}
     if url.startswith(("postgresql", "postgres")):
-        # SQLAlchemy 2.1 maps a bare postgresql:// to psycopg 3; we ship psycopg2.
-        for bare in ("postgres://", "postgresql://"):
-            if url.startswith(bare):
-                url = "postgresql+psycopg2://" + url[len(bare):]
+        url = driver_url(url)
         engine_kwargs["connect_args"] = {"connect_timeout": 10, "application_name": APPLICATION_NAME}
         engine_kwargs["pool_size"] = 2
         engine_kwargs["max_overflow"] = 2

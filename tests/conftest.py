@@ -26,7 +26,9 @@ def pg_url() -> Iterator[str]:
     """URL of a database made for this test session (dropped afterwards)."""
     import sqlalchemy
 
-    admin_url = ADMIN_URL.replace("postgresql://", "postgresql+psycopg2://", 1)
+    from sweeps.storage import driver_url
+
+    admin_url = driver_url(ADMIN_URL)
     name = f"sweeps_test_{uuid.uuid4().hex[:10]}"
     engine = sqlalchemy.create_engine(admin_url, isolation_level="AUTOCOMMIT")
     try:

@@ -17,16 +17,12 @@ import psutil
 import pytest
 import sqlalchemy
 
+from sweeps.storage import driver_url
 from tests.conftest import run_cli, start_cli, write_space
 
 pytestmark = pytest.mark.slow
 BIN = Path(sys.executable).parent
 FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.FAIL)
-
-
-def _driver_url(url: str) -> str:
-    """Plain Optuna with SQLAlchemy 2.1 needs the driver named for psycopg2."""
-    return url.replace("postgresql://", "postgresql+psycopg2://", 1)
 
 
 def _free_port() -> int:
@@ -47,7 +43,7 @@ def test_postgresql_sweep_two_in_parallel_workers_never_connect(pg_url: str, tmp
     space = write_space(tmp_path, study="pg-sweep", budget={"n_trials": 4}, parallel=2)
     db = pg_url.rsplit("/", 1)[1]
     server_port = sqlalchemy.engine.make_url(pg_url).port or 5432
-    monitor = sqlalchemy.create_engine(_driver_url(pg_url), isolation_level="AUTOCOMMIT")
+    monitor = sqlalchemy.create_engine(driver_url(pg_url), isolation_level="AUTOCOMMIT")
     proc = start_cli("run", str(space), "--storage", pg_url, cwd=tmp_path)
     client_pids: set[int] = set()
     names: set[str] = set()
@@ -85,7 +81,7 @@ def test_postgresql_sweep_two_in_parallel_workers_never_connect(pg_url: str, tmp
     assert most_running == 2, "two trials should have run at once"
     assert 1 <= most_connections <= 4
 
-    study = optuna.load_study(study_name="pg-sweep", storage=_driver_url(pg_url))
+    study = optuna.load_study(study_name="pg-sweep", storage=driver_url(pg_url))
     trials = study.get_trials()
     assert len(trials) == 4 and all(t.state in FINISHED for t in trials)
     assert sum(t.state == optuna.trial.TrialState.COMPLETE for t in trials) >= 1
@@ -93,7 +89,7 @@ def test_postgresql_sweep_two_in_parallel_workers_never_connect(pg_url: str, tmp
     assert study.user_attrs["sweeps:config"]["budget"]["n_trials"] == 4
 
     listed = subprocess.run([str(BIN / "optuna"), "trials", "--study-name", "pg-sweep", "--storage",
-                             _driver_url(pg_url), "-f", "json"], capture_output=True, text=True, timeout=60)
+                             driver_url(pg_url), "-f", "json"], capture_output=True, text=True, timeout=60)
     assert listed.returncode == 0, listed.stderr
     assert len(json.loads(listed.stdout)) == 4
 
@@ -108,7 +104,7 @@ def test_postgresql_sweep_two_in_parallel_workers_never_connect(pg_url: str, tmp
 
     port = _free_port()
     dashboard = subprocess.Popen([str(BIN / "optuna-dashboard"), "--host", "127.0.0.1", "--port", str(port),
-                                  _driver_url(pg_url)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                                  driver_url(pg_url)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 60
         while True:

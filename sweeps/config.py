@@ -34,7 +34,13 @@ PRUNER_OPTIONS = {
 }
 TOP_LEVEL_KEYS = {
     "study", "metric", "dataset", "epochs", "seed", "sampler", "pruner",
-    "budget", "parallel", "resources", "parameters",
+    "budget", "parallel", "resources", "parameters", "recovery", "checkpoints",
+}
+RECOVERY_DEFAULTS: dict[str, float] = {
+    "max_retries": 2,           # retries of one configuration after worker faults
+    "heartbeat_interval": 10,   # seconds between heartbeats of each running trial
+    "grace_period": 60,         # seconds without a heartbeat before a trial counts as lost
+    "database_timeout": 300,    # seconds of database outage before the coordinator gives up
 }
 # (lowest, highest, lowest allowed?, highest allowed?) for numeric parameters.
 PARAMETER_BOUNDS: dict[str, tuple[float, float, bool, bool]] = {
@@ -124,6 +130,12 @@ class SweepConfig:
     parallel: int = 1
     cpus: float = 1.0
     gpus: float = 0.0
+    max_retries: int = 2
+    heartbeat_interval: float = 10.0
+    grace_period: float = 60.0
+    database_timeout: float = 300.0
+    checkpoint_store: str | None = None   # folder or s3://bucket/prefix; None: decided from the storage URL
+    keep_best: int = 3                    # finished trials whose last checkpoint is kept
 
     def to_dict(self) -> dict[str, Any]:
         """The resolved config, in the YAML's own shape (JSON-safe)."""
@@ -138,6 +150,9 @@ class SweepConfig:
             "budget": {"n_trials": self.n_trials, "timeout": self.timeout},
             "parallel": self.parallel,
             "resources": {"cpus": self.cpus, "gpus": self.gpus},
+            "recovery": {"max_retries": self.max_retries, "heartbeat_interval": self.heartbeat_interval,
+                         "grace_period": self.grace_period, "database_timeout": self.database_timeout},
+            "checkpoints": {"store": self.checkpoint_store, "keep_best": self.keep_best},
             "parameters": {name: p.to_dict() for name, p in self.parameters.items()},
         }
 
@@ -152,6 +167,8 @@ class SweepConfig:
             d["budget"]["timeout"] = changes["timeout"]
         if changes.get("parallel") is not None:
             d["parallel"] = changes["parallel"]
+        if changes.get("checkpoint_store") is not None:
+            d["checkpoints"]["store"] = changes["checkpoint_store"]
         return from_dict(d, source="command line")
 
 
@@ -210,6 +227,24 @@ def from_dict(raw: Any, *, source: str, base_dir: str | None = None) -> SweepCon
     cpus = v.number("resources.cpus", resources.get("cpus", 1), low=0)
     gpus = v.number("resources.gpus", resources.get("gpus", 0), low=0)
 
+    recovery = v.mapping("recovery", raw.get("recovery"), set(RECOVERY_DEFAULTS))
+    max_retries = v.integer("recovery.max_retries", recovery.get("max_retries", 2), low=0)
+    timing = {k: float(v.number(f"recovery.{k}", recovery.get(k, RECOVERY_DEFAULTS[k]), low=0, low_ok=False))
+              for k in ("heartbeat_interval", "grace_period", "database_timeout")}
+    if timing["grace_period"] < 2 * timing["heartbeat_interval"]:
+        v.fail("recovery.grace_period", f"must be at least twice heartbeat_interval ({timing['heartbeat_interval']:g}s), "
+                                        f"or live trials would be taken for lost; got {timing['grace_period']:g}")
+    checkpoints = v.mapping("checkpoints", raw.get("checkpoints"), {"store", "keep_best"})
+    store = checkpoints.get("store")
+    if store is not None:
+        if not isinstance(store, str) or not store.strip():
+            v.fail("checkpoints.store", f"must be a folder or s3://bucket/prefix, got {store!r}")
+        if "://" not in store:
+            store = os.path.abspath(os.path.join(base_dir or os.getcwd(), os.path.expanduser(store)))
+        elif not store.startswith("s3://"):
+            v.fail("checkpoints.store", f"only folders and s3://bucket/prefix are supported, got {store!r}")
+    keep_best = v.integer("checkpoints.keep_best", checkpoints.get("keep_best", 3), low=0)
+
     parameters = v.parameters(raw.get("parameters"))
     if sampler["name"] == "grid":
         v.grid(parameters)
@@ -218,6 +253,9 @@ def from_dict(raw: Any, *, source: str, base_dir: str | None = None) -> SweepCon
         study=study.strip(), parameters=parameters, dataset=dataset, metric=metric,
         direction=direction, epochs=epochs, seed=seed, sampler=sampler, pruner=pruner,
         n_trials=n_trials, timeout=timeout, parallel=parallel, cpus=float(cpus), gpus=float(gpus),
+        max_retries=max_retries, heartbeat_interval=timing["heartbeat_interval"],
+        grace_period=timing["grace_period"], database_timeout=timing["database_timeout"],
+        checkpoint_store=store, keep_best=keep_best,
     )
 
 
@@ -236,6 +274,14 @@ class _Validator:
             if k not in allowed:
                 name = f"{key}.{k}" if key else str(k)
                 self.fail(name, f"unknown key; allowed here: {', '.join(sorted(allowed))}")
+
+    def mapping(self, key: str, raw: Any, allowed: set[str]) -> dict[str, Any]:
+        if raw is None:
+            return {}
+        if not isinstance(raw, dict):
+            self.fail(key, f"must be a mapping with keys among {', '.join(sorted(allowed))}")
+        self.unknown_keys(key, raw, allowed)
+        return raw
 
     def integer(self, key: str, value: Any, *, low: int | None = None) -> int:
         if isinstance(value, bool) or not isinstance(value, int):

@@ -14,23 +14,28 @@ import math
 import os
 import signal
 import time
+import uuid
 import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import optuna
 
-from sweeps import __version__, algorithms, space
+from sweeps import __version__, algorithms, recovery, space
+from sweeps import storage as db
+from sweeps.checkpoints import CheckpointStore, default_location
 from sweeps.config import ConfigError, SweepConfig, from_dict
 from sweeps.errors import SweepsError
 from sweeps.storage import mask, open_storage, resolve_url
 from workers import data as datasets
+from workers.checkpoint import read_meta
 from workers.spec import Decision, EpochReport, TrialResult, TrialSpec, TrialState
 
 CONFIG_ATTR = "sweeps:config"
 DATASET_ATTR = "sweeps:dataset"
 VERSION_ATTR = "sweeps:version"
-REASON_ATTR = "reason"
+UID_ATTR = "sweeps:uid"           # names the study's checkpoint folder, unique across databases
+REASON_ATTR = recovery.REASON
 FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.FAIL)
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -47,6 +52,8 @@ class Progress:
     pruned: int = 0
     failed: int = 0
     running: int = 0
+    waiting: int = 0                 # retries queued
+    retried: int = 0                 # failed attempts replaced by a retry
     best_value: float | None = None
     best_number: int | None = None
     started: float = field(default_factory=time.monotonic)
@@ -71,6 +78,8 @@ def run_sweep(config: SweepConfig, storage_url: str | None = None, *, ray_addres
     """Create the study and run it until its budget is met."""
     arrays = _load_data(config)
     storage = open_storage(storage_url, create=True)
+    if config.checkpoint_store is None:
+        config = config.replace(checkpoint_store=default_location(resolve_url(storage_url)))
     try:
         study = optuna.create_study(storage=storage, study_name=config.study, direction=config.direction,
                                     sampler=algorithms.sampler(config), pruner=algorithms.pruner(config))
@@ -82,6 +91,7 @@ def run_sweep(config: SweepConfig, storage_url: str | None = None, *, ray_addres
     study.set_user_attr(CONFIG_ATTR, config.to_dict())
     study.set_user_attr(DATASET_ATTR, {**config.dataset.to_dict(), **arrays.describe()})
     study.set_user_attr(VERSION_ATTR, __version__)
+    study.set_user_attr(UID_ATTR, uuid.uuid4().hex[:12])
     return Coordinator(study, config, arrays, ray_address=ray_address, on_progress=on_progress).run()
 
 
@@ -131,7 +141,13 @@ def trial_seed(study_seed: int, number: int) -> int:
 
 
 class Coordinator:
-    """Keeps ``parallel`` trials in flight on Ray until the budget is met or a stop is asked for."""
+    """Keeps ``parallel`` trials in flight on Ray until the budget is met or a stop is asked for.
+
+    Every database call goes through ``_db`` (retry with backoff while the
+    database is away); every running trial gets a heartbeat; lost trials of
+    other coordinators are failed and queued again; failed trials are retried
+    from their last checkpoint.
+    """
 
     POLL_SECONDS = 0.2
 
@@ -146,38 +162,66 @@ class Coordinator:
         if config.sampler["name"] == "grid":
             self.n_trials = min(self.n_trials, space.grid_size(config.parameters))
         self.progress = Progress(config.study, self.n_trials, timeout=config.timeout)
-        self.trials: dict[int, optuna.Trial] = {}
+        self.trials: dict[int, optuna.Trial] = {}     # running here: number -> trial
+        self.attrs: dict[int, dict[str, Any]] = {}    # running here: number -> user attrs at launch
         self.interrupts = 0
+        self.storage = db.backend(study)
+        db.enable_heartbeats(self.storage, config.heartbeat_interval, config.grace_period)
+        self.checkpoints = self._checkpoint_store()
+        self.removed: set[int] = set()                # configurations whose checkpoints are gone
+        self.last_beat = 0.0
+
+    def _checkpoint_store(self) -> CheckpointStore | None:
+        location = self.config.checkpoint_store
+        uid = self.study.user_attrs.get(UID_ATTR)
+        if not location or not uid:    # a study from before checkpoints: retries start at epoch 0
+            return None
+        return CheckpointStore(location, f"{self.study.study_name}-{uid}")
+
+    def _db(self, fn: Callable[[], Any]) -> Any:
+        return db.with_retry(fn, timeout=self.config.database_timeout, on_wait=self._db_wait)
+
+    def _db_wait(self, message: str) -> None:
+        self.progress.last = message
+        self.on_progress(self.progress)
 
     # -- budget -------------------------------------------------------------------------------
-    def _count(self) -> None:
+    def _count(self) -> recovery.Tally:
         p = self.progress
-        trials = self.study.get_trials(deepcopy=False, states=FINISHED)
-        p.complete = sum(t.state == optuna.trial.TrialState.COMPLETE for t in trials)
-        p.pruned = sum(t.state == optuna.trial.TrialState.PRUNED for t in trials)
-        p.failed = sum(t.state == optuna.trial.TrialState.FAIL for t in trials)
-        p.running = len(self.trials)
+        tally = recovery.tally(self._db(lambda: self.study.get_trials(deepcopy=False)))
+        p.complete, p.pruned, p.failed = tally.complete, tally.pruned, tally.failed
+        p.running, p.waiting, p.retried = tally.running, tally.waiting, tally.retried
         try:
-            best = self.study.best_trial
+            best = self._db(lambda: self.study.best_trial)
             p.best_value, p.best_number = best.value, best.number
         except ValueError:
             pass
+        return tally
 
-    def _may_launch(self) -> bool:
+    def _may_launch(self, tally: recovery.Tally) -> bool:
         p = self.progress
         if p.stopping:
             return False
         if self.config.timeout is not None and p.elapsed >= self.config.timeout:
             p.stopping, p.last = True, f"timeout of {self.config.timeout:g}s reached; letting running trials finish"
             return False
-        return p.finished + len(self.trials) < self.n_trials
+        return tally.waiting > 0 or tally.finished + tally.running + tally.waiting < self.n_trials
+
+    def _done(self, tally: recovery.Tally) -> bool:
+        """Nothing runs here, and nothing anywhere still needs a coordinator."""
+        if self.trials:
+            return False
+        if self.progress.stopping:
+            return True
+        return tally.running == 0 and not self._may_launch(tally)
 
     # -- the loop -----------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
         import ray
 
-        self._count()
-        if self.progress.finished >= self.n_trials:
+        self._recover()
+        tally = self._count()
+        if tally.finished >= self.n_trials and tally.running == 0 and tally.waiting == 0:
             return self.summary()
         _start_ray(self.ray_address)
         previous = signal.signal(signal.SIGINT, self._interrupt)
@@ -212,9 +256,30 @@ class Coordinator:
             raise SweepsError(f"parallel {self.config.parallel} x resources.cpus {cpus:g} needs {need:g} CPUs but the "
                               f"Ray cluster has {have.get('CPU', 0):g}; lower parallel or resources.cpus")
 
+    def _heartbeat(self) -> None:
+        """Beat for our trials; fail and re-queue other coordinators' lost ones. Every heartbeat_interval."""
+        if time.monotonic() - self.last_beat < self.config.heartbeat_interval:
+            return
+        self.last_beat = time.monotonic()
+        for trial in list(self.trials.values()):
+            self._db(lambda: self.storage.record_heartbeat(trial._trial_id))
+        self._recover()
+
+    def _recover(self) -> None:
+        stale = self._db(lambda: db.stale_trial_ids(self.storage, self.study._study_id))
+        if not stale:
+            return
+        lost = self._db(lambda: recovery.fail_stale(
+            self.study, self.storage, stale, grace_period=self.config.grace_period,
+            max_retries=self.config.max_retries, skip=set(self.trials)))
+        if lost:
+            self._count()
+            self.progress.last = f"trial(s) {', '.join(map(str, lost))} lost their coordinator: queued again"
+            self.on_progress(self.progress)
+
     def _loop(self) -> None:
         import ray
-        from ray.exceptions import RayActorError, RayTaskError
+        from ray.exceptions import RayActorError, RayError, RayTaskError
 
         from workers.remote import ReportBroker, TrainerWorker
 
@@ -222,7 +287,8 @@ class Coordinator:
         broker = ray.remote(num_cpus=0)(ReportBroker).remote()
         worker_cls = ray.remote(TrainerWorker).options(num_cpus=cfg.cpus, num_gpus=cfg.gpus, max_restarts=0)
         threads = max(1, int(math.floor(cfg.cpus)))
-        slots = min(cfg.parallel, self.n_trials - self.progress.finished)
+        tally = self._count()
+        slots = max(1, min(cfg.parallel, self.n_trials - tally.finished))
         idle = [worker_cls.remote(threads) for _ in range(slots)]
         data_ref = ray.put(self.arrays)
         in_flight: dict[Any, tuple[int, Any]] = {}     # result ref -> (trial number, worker)
@@ -233,21 +299,28 @@ class Coordinator:
             if self.interrupts >= 2:
                 for ref, (number, worker) in list(in_flight.items()):
                     ray.kill(worker)
-                    self._tell(number, TrialResult(number, TrialState.FAILED, None, 0, "interrupted (Ctrl-C)"))
+                    self._tell(number, TrialResult(number, TrialState.FAILED, None, 0, "interrupted (Ctrl-C)"),
+                               fault=False)
                 return
-            while idle and self._may_launch():
+            self._heartbeat()
+            while idle:
+                launched = self._db(self._launch)
+                if launched is None:
+                    break
+                number, spec = launched
                 worker = idle.pop()
-                number, spec = self._ask()
                 in_flight[worker.train.remote(spec, data_ref, broker)] = (number, worker)
+                self.progress.last = f"trial {number} started" + (
+                    f" (retry of trial {self.attrs[number][recovery.RETRY_OF]}, from epoch "
+                    f"{self.attrs[number].get(recovery.START_EPOCH, 0)})" if recovery.RETRY_OF in self.attrs[number] else "")
                 self._count()
-                self.progress.last = f"trial {number} started"
                 self.on_progress(self.progress)
-            if not in_flight:
+            if not in_flight and self._done(self._count()):
                 return
             for report in ray.get(broker.drain.remote(self.POLL_SECONDS)):
                 decision = self._relay(report)
                 broker.decide.remote(report.number, report.epoch, decision)
-            done, _ = ray.wait(list(in_flight), num_returns=len(in_flight), timeout=0)
+            done, _ = ray.wait(list(in_flight), num_returns=len(in_flight), timeout=0) if in_flight else ([], [])
             for ref in done:
                 number, worker = in_flight.pop(ref)
                 try:
@@ -257,37 +330,94 @@ class Coordinator:
                     worker = worker_cls.remote(threads)
                 except RayTaskError as e:
                     result = TrialResult(number, TrialState.FAILED, None, 0, f"worker error: {_first_line(e)}")
+                except RayError as e:   # out of memory, node lost, object lost
+                    result = TrialResult(number, TrialState.FAILED, None, 0, f"worker lost: {_first_line(e)}")
+                    ray.kill(worker)
+                    worker = worker_cls.remote(threads)
                 broker.release.remote(number)
-                self._tell(number, result)
+                self._tell(number, result, fault=True)
                 idle.append(worker)
 
-    def _ask(self) -> tuple[int, TrialSpec]:
-        trial = self.study.ask()
+    def _launch(self) -> tuple[int, TrialSpec] | None:
+        """Under the study's launch lock: count, and ask only if the shared budget has room."""
+        with db.launch_lock(self.storage, self.study._study_id):
+            if not self._may_launch(self._count()):
+                return None
+            trial = self.study.ask()
+            self.storage.record_heartbeat(trial._trial_id)
+        return self._prepare(trial)
+
+    def _prepare(self, trial: optuna.Trial) -> tuple[int, TrialSpec]:
+        attrs = dict(trial.user_attrs)
         chosen = space.suggest(trial, self.config.parameters)
-        seed = trial_seed(self.config.seed, trial.number)
+        seed = trial_seed(self.config.seed, recovery.config_id(trial.number, attrs))
         trial.set_user_attr("seed", seed)
         fixed = {k: v for k, v in chosen.items() if k not in trial.params}
         if fixed:
             trial.set_user_attr("fixed_params", fixed)
+        checkpoint = None
+        if recovery.RETRY_OF in attrs and self.checkpoints is not None:
+            checkpoint = self.checkpoints.load(recovery.config_id(trial.number, attrs))
+        if checkpoint is not None:
+            meta = read_meta(checkpoint)
+            for epoch, value in sorted((int(k), v) for k, v in meta["values"].items()):
+                trial.report(value, epoch)    # the learning curve continues where the last attempt stopped
+            attrs[recovery.START_EPOCH] = int(meta["epoch"])
+            trial.set_user_attr(recovery.START_EPOCH, int(meta["epoch"]))
         self.trials[trial.number] = trial
+        self.attrs[trial.number] = attrs
         spec = TrialSpec(number=trial.number, params=space.trial_params(chosen), epochs=self.config.epochs,
                          seed=seed, metric=self.config.metric, flip=self.config.dataset.flip,
-                         threads=max(1, int(self.config.cpus)))
+                         threads=max(1, int(self.config.cpus)), checkpoint=checkpoint,
+                         save_checkpoints=self.checkpoints is not None)
         return trial.number, spec
 
     def _relay(self, report: EpochReport) -> Decision:
         trial = self.trials.get(report.number)
         if trial is None:
             return Decision.PRUNE
+        if report.checkpoint is not None and self.checkpoints is not None:
+            config_id = recovery.config_id(report.number, self.attrs[report.number])
+            try:
+                self.checkpoints.save(config_id, report.epoch, report.checkpoint)
+            except Exception as e:  # the trial goes on; only a retry of it would start earlier
+                self.progress.last = f"checkpoint of trial {report.number} not saved: {_first_line(e)}"
         if not math.isfinite(report.value):
             return Decision.CONTINUE
-        trial.report(report.value, report.epoch)
+        try:
+            self._db(lambda: trial.report(report.value, report.epoch))
+        except optuna.exceptions.UpdateFinishedTrialError:
+            return Decision.PRUNE     # another coordinator took this trial for lost meanwhile
         if report.epoch >= self.config.epochs:  # fully trained: keep it as a complete trial
             return Decision.CONTINUE
-        return Decision.PRUNE if trial.should_prune() else Decision.CONTINUE
+        return Decision.PRUNE if self._db(trial.should_prune) else Decision.CONTINUE
 
-    def _tell(self, number: int, result: TrialResult) -> None:
+    def _tell(self, number: int, result: TrialResult, *, fault: bool) -> None:
         trial = self.trials.pop(number)
+        attrs = self.attrs.pop(number)
+        config_id = recovery.config_id(number, attrs)
+        try:
+            retried = self._db(lambda: self._store_result(trial, attrs, result, fault))
+        except optuna.exceptions.UpdateFinishedTrialError:
+            self.progress.last = f"trial {number} was taken for lost by another coordinator; its retry continues it"
+            self.on_progress(self.progress)
+            return
+        if self.checkpoints is not None and not retried:
+            self._prune_checkpoints(config_id, result.state)
+        self._count()
+        shown = f"{result.value:.4f}" if result.state == TrialState.COMPLETE and result.value is not None else (
+            result.reason or result.state.value)
+        self.progress.last = f"trial {number} {result.state.value}: {shown}" + (" (queued again)" if retried else "")
+        self.on_progress(self.progress)
+
+    def _store_result(self, trial: optuna.Trial, attrs: dict[str, Any], result: TrialResult, fault: bool) -> bool:
+        """Write the outcome; for a failure, queue its retry. Safe to run again after a dropped connection."""
+        frozen = self.storage.get_trial(trial._trial_id)
+        if frozen.state.is_finished():
+            if frozen.state == optuna.trial.TrialState.FAIL and frozen.user_attrs.get(REASON_ATTR, "").startswith(
+                    "coordinator lost"):
+                raise optuna.exceptions.UpdateFinishedTrialError("taken over")
+            return False      # our own earlier attempt got through before the connection dropped
         trial.set_user_attr("epochs_run", result.epochs_run)
         if result.reason:
             trial.set_user_attr(REASON_ATTR, result.reason)
@@ -295,24 +425,41 @@ class Coordinator:
             trial.set_user_attr(key, value)
         if result.state == TrialState.COMPLETE and result.value is not None and math.isfinite(result.value):
             self.study.tell(trial, result.value)
-            shown = f"{result.value:.4f}"
-        elif result.state == TrialState.PRUNED:
+            return False
+        if result.state == TrialState.PRUNED:
             self.study.tell(trial, state=optuna.trial.TrialState.PRUNED)
-            shown = result.reason
-        else:
-            if result.state == TrialState.COMPLETE:
-                trial.set_user_attr(REASON_ATTR, "no finite metric was measured")
-            self.study.tell(trial, state=optuna.trial.TrialState.FAIL)
-            shown = result.reason or "failed"
-        self._count()
-        self.progress.last = f"trial {number} {result.state.value}: {shown}"
-        self.on_progress(self.progress)
+            return False
+        if result.state == TrialState.COMPLETE:
+            trial.set_user_attr(REASON_ATTR, "no finite metric was measured")
+            fault = False
+        self.study.tell(trial, state=optuna.trial.TrialState.FAIL)
+        if result.state == TrialState.COMPLETE:
+            return False
+        return recovery.enqueue_retry(self.study, trial.number, trial.params, attrs, fault=fault,
+                                      max_retries=self.config.max_retries)
+
+    def _prune_checkpoints(self, config_id: int, state: TrialState) -> None:
+        """Keep checkpoints of the ``keep_best`` best complete trials only, so disk use stays bounded."""
+        assert self.checkpoints is not None
+        if state != TrialState.COMPLETE:
+            self.checkpoints.remove(config_id)
+            self.removed.add(config_id)
+            return
+        complete = self._db(lambda: self.study.get_trials(deepcopy=False,
+                                                          states=(optuna.trial.TrialState.COMPLETE,)))
+        maximize = self.study.direction == optuna.study.StudyDirection.MAXIMIZE
+        ranked = sorted(complete, key=lambda t: t.value, reverse=maximize)
+        for t in ranked[self.config.keep_best:]:
+            cid = recovery.config_id(t.number, t.user_attrs)
+            if cid not in self.removed:
+                self.checkpoints.remove(cid)
+                self.removed.add(cid)
 
     def summary(self) -> dict[str, Any]:
         p = self.progress
         return {
             "study": p.study, "n_trials": p.n_trials, "complete": p.complete, "pruned": p.pruned,
-            "failed": p.failed, "best_value": p.best_value, "best_trial": p.best_number,
+            "failed": p.failed, "retried": p.retried, "best_value": p.best_value, "best_trial": p.best_number,
             "best_params": self.study.best_trial.params if p.best_number is not None else None,
             "elapsed_seconds": round(p.elapsed, 1), "budget_met": p.finished >= p.n_trials,
         }

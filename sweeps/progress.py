@@ -22,7 +22,7 @@ def line(p: Progress) -> str:
     left = p.n_trials - p.finished
     budget = f"{left} trials left" + (f", {_clock(max(0, p.timeout - p.elapsed))} of timeout" if p.timeout else "")
     return (f"[{p.finished}/{p.n_trials}] complete {p.complete} | pruned {p.pruned} | failed {p.failed} | "
-            f"running {p.running} | best {_best(p)} | {_clock(p.elapsed)} elapsed | {budget}")
+            f"running {p.running}{f' | retried {p.retried}' if p.retried else ''} | best {_best(p)} | {_clock(p.elapsed)} elapsed | {budget}")
 
 
 class LiveProgress:

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import os
 import re
-from typing import Any
+import time
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator, TypeVar
 
 from sweeps.errors import SweepsError
 
@@ -17,6 +19,7 @@ DEFAULT_URL = "sqlite:///sweeps.db"
 ENV_VAR = "SWEEPS_STORAGE"
 APPLICATION_NAME = "sweeps-coordinator"
 
+T = TypeVar("T")
 _PASSWORD = re.compile(r"(?P<head>[a-zA-Z][a-zA-Z0-9+.-]*://[^:/?#@]*:)(?P<pw>[^@/?#]*)(?P<tail>@)")
 
 
@@ -81,3 +84,103 @@ def open_storage(url: str | None, *, create: bool = False) -> Any:
                           "use postgresql:// (psycopg2) or sqlite:///") from None
     except RuntimeError as e:  # schema from another Optuna version
         raise SweepsError(f"storage {shown}: {mask(str(e).splitlines()[0])}") from None
+
+
+# -- surviving the database going away ---------------------------------------------------------
+
+class DatabaseUnavailable(SweepsError):
+    """The database stayed away longer than recovery.database_timeout."""
+
+
+def is_transient(e: BaseException) -> bool:
+    """A lost or refused connection (worth retrying), not a bad statement."""
+    import optuna
+    import sqlalchemy.exc as sa
+
+    if isinstance(e, optuna.exceptions.StorageInternalError) and e.__cause__ is not None:
+        return is_transient(e.__cause__)
+    if isinstance(e, sa.DBAPIError) and e.connection_invalidated:
+        return True
+    return isinstance(e, (sa.OperationalError, sa.InterfaceError, sa.DisconnectionError, sa.PendingRollbackError))
+
+
+def with_retry(fn: Callable[[], T], *, timeout: float, on_wait: Callable[[str], None] | None = None) -> T:
+    """Run ``fn``, retrying with exponential backoff while the database is unreachable."""
+    deadline = time.monotonic() + timeout
+    delay = 0.5
+    while True:
+        try:
+            return fn()
+        except Exception as e:
+            if not is_transient(e):
+                raise
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise DatabaseUnavailable(
+                    f"the database has been unreachable for {timeout:g}s ({_reason(e)}); the sweep is stopped with "
+                    "its results stored; run `sweeps resume` when the database is back") from None
+            if on_wait:
+                on_wait(f"database unreachable ({_reason(e)}); retrying in {min(delay, left):.1f}s")
+            time.sleep(min(delay, left))
+            delay = min(delay * 2, 10.0)
+
+
+def _reason(e: BaseException) -> str:
+    cause = e.__cause__ if e.__cause__ is not None else e
+    orig = getattr(cause, "orig", None) or cause
+    lines = str(orig).strip().splitlines()
+    return mask(lines[0]) if lines else type(orig).__name__
+
+
+def backend(study: Any) -> Any:
+    """The RDBStorage under a study (Optuna wraps it in a cache layer)."""
+    storage = study._storage
+    return getattr(storage, "_backend", storage)
+
+
+def enable_heartbeats(storage: Any, interval: float, grace_period: float) -> None:
+    """Heartbeats as Optuna stores them; with ask/tell the coordinator records them itself."""
+    storage.heartbeat_interval = max(1, int(round(interval)))
+    storage.grace_period = max(2, int(round(grace_period)))
+
+
+def stale_trial_ids(storage: Any, study_id: int) -> list[int]:
+    """RUNNING trials whose last heartbeat is older than the grace period (database clock)."""
+    return list(storage._get_stale_trial_ids(study_id))
+
+
+@contextmanager
+def launch_lock(storage: Any, study_id: int) -> Iterator[None]:
+    """Serialise "count, then ask" between coordinators sharing a study, so together they meet the budget exactly.
+
+    PostgreSQL: a session advisory lock (freed by the server if the holder
+    dies). SQLite: a lock file beside the database. Others: no lock.
+    """
+    engine = storage.engine
+    if engine.dialect.name == "postgresql":
+        from sqlalchemy import text
+
+        key = _LOCK_BASE + study_id
+        with engine.connect() as conn:
+            conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": key})
+            try:
+                yield
+            finally:
+                try:
+                    conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": key})
+                except Exception:  # the connection died with its lock
+                    pass
+    elif engine.dialect.name == "sqlite" and engine.url.database not in (None, "", ":memory:"):
+        import fcntl
+
+        with open(os.path.abspath(engine.url.database) + f".study{study_id}.lock", "a") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
+    else:
+        yield
+
+
+_LOCK_BASE = 0x5357_0000   # "SW": keeps our advisory lock keys apart from other users of the database

@@ -55,6 +55,8 @@ class TrialSpec:
     metric: str = "val_accuracy"
     flip: bool = False          # the dataset allows horizontal flips
     threads: int = 1            # CPU threads TensorFlow may use
+    checkpoint: bytes | None = None   # resume from this (workers/checkpoint.py) instead of epoch 0
+    save_checkpoints: bool = True     # send a checkpoint with every epoch report
 
 
 @dataclass(frozen=True)
@@ -63,6 +65,7 @@ class EpochReport:
     epoch: int                  # 1-based: the step stored in Optuna
     value: float
     logs: dict[str, float] = field(default_factory=dict)
+    checkpoint: bytes | None = None   # the state after this epoch, for a retry to resume from
 
 
 @dataclass(frozen=True)

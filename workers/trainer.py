@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from workers import augment, metrics, models
+from workers import checkpoint as ckpt
 from workers.data import Arrays
 from workers.spec import Decision, EpochReport, Reporter, TrialResult, TrialSpec, TrialState
 
@@ -42,7 +43,9 @@ def _report_callback(spec: TrialSpec, reporter: Reporter, maximize: bool) -> Any
         def __init__(self) -> None:
             super().__init__()
             self.best: float | None = None
+            self.best_epoch = 0
             self.best_weights: list[np.ndarray] | None = None
+            self.values: dict[int, float] = {}
             self.epochs_run = 0
             self.state = TrialState.COMPLETE
             self.reason = ""
@@ -56,9 +59,16 @@ def _report_callback(spec: TrialSpec, reporter: Reporter, maximize: bool) -> Any
                 self.model.stop_training = True
                 return
             value = logs[spec.metric]
+            weights = self.model.get_weights()
             if self.best is None or (value > self.best if maximize else value < self.best):
-                self.best, self.best_weights = value, self.model.get_weights()
-            decision = reporter.report(EpochReport(spec.number, epoch + 1, value, logs))
+                self.best, self.best_epoch, self.best_weights = value, epoch + 1, weights
+            self.values[epoch + 1] = value
+            state = None
+            if spec.save_checkpoints:
+                state = ckpt.pack(ckpt.Checkpoint(
+                    epoch + 1, weights, [np.asarray(v) for v in self.model.optimizer.variables], self.best,
+                    self.best_epoch, None if self.best_epoch == epoch + 1 else self.best_weights, self.values))
+            decision = reporter.report(EpochReport(spec.number, epoch + 1, value, logs, state))
             if decision == Decision.PRUNE:
                 self.state = TrialState.PRUNED
                 self.reason = f"pruned after epoch {epoch + 1} ({spec.metric}={value:.4f})"
@@ -78,10 +88,12 @@ def train_trial(spec: TrialSpec, data: Arrays, reporter: Reporter) -> TrialResul
     model.compile(optimizer=make_optimizer(params), loss="sparse_categorical_crossentropy", metrics=["accuracy"])
     maximize = spec.metric != "val_loss"
     callback = _report_callback(spec, reporter, maximize)
+    start = _resume(model, spec.checkpoint, callback) if spec.checkpoint else 0
     started = time.perf_counter()
-    model.fit(data.x_train, data.y_train, batch_size=params["batch_size"], epochs=spec.epochs,
+    model.fit(data.x_train, data.y_train, batch_size=params["batch_size"], epochs=spec.epochs, initial_epoch=start,
               validation_data=(data.x_val, data.y_val), callbacks=[callback], verbose=0, shuffle=True)
     seconds = time.perf_counter() - started
+    callback.epochs_run = max(callback.epochs_run, start)
     if callback.best_weights is None:
         return TrialResult(spec.number, callback.state, None, callback.epochs_run, callback.reason)
     model.set_weights(callback.best_weights)
@@ -89,4 +101,23 @@ def train_trial(spec: TrialSpec, data: Arrays, reporter: Reporter) -> TrialResul
     found = metrics.classification(data.y_val, predicted, data.n_classes)
     found.update(param_count=int(model.count_params()), train_seconds=round(seconds, 3),
                  seconds_per_epoch=round(seconds / max(callback.epochs_run, 1), 4))
+    found.update(start_epoch=start)
     return TrialResult(spec.number, callback.state, callback.best, callback.epochs_run, callback.reason, found)
+
+
+def _resume(model: Any, data: bytes, callback: Any) -> int:
+    """Load weights, optimizer state and best-so-far from a checkpoint; returns the epochs already done."""
+    state = ckpt.unpack(data)
+    model.set_weights(state.weights)
+    optimizer = model.optimizer
+    optimizer.build(model.trainable_variables)
+    if len(optimizer.variables) != len(state.optimizer):
+        raise ValueError(f"checkpoint holds {len(state.optimizer)} optimizer variables, the model has "
+                         f"{len(optimizer.variables)}: it was saved by another configuration")
+    for variable, value in zip(optimizer.variables, state.optimizer):
+        variable.assign(value)
+    callback.best, callback.best_epoch = state.best, state.best_epoch
+    callback.best_weights = state.best_weights if state.best_weights is not None else state.weights
+    callback.values = dict(state.values)
+    callback.epochs_run = state.epoch
+    return state.epoch

@@ -1,0 +1,107 @@
+"""Which trials count towards the budget, which are lost, and which run again.
+
+Every decision here is read from the study itself (trial states and user
+attributes), so any coordinator on any machine reaches the same answer: a
+retried configuration carries ``config_id`` (the number of its first trial),
+``retry_of`` (the trial it replaces) and ``attempt``; a failure that has a
+retry does not count, the retry does.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Iterable
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+RETRY_OF = "retry_of"
+CONFIG_ID = "config_id"
+ATTEMPT = "attempt"
+FAULTS = "faults"           # worker faults so far for this configuration (coordinator loss is not one)
+REASON = "reason"
+START_EPOCH = "start_epoch"
+
+
+@dataclass
+class Tally:
+    """Configurations by state over the whole study (all coordinators)."""
+
+    complete: int = 0
+    pruned: int = 0
+    failed: int = 0        # failures with no retry: final
+    running: int = 0
+    waiting: int = 0       # retries queued, not started yet
+    retried: int = 0       # failures replaced by a retry
+
+    @property
+    def finished(self) -> int:
+        return self.complete + self.pruned + self.failed
+
+
+def tally(trials: Iterable[FrozenTrial]) -> Tally:
+    trials = list(trials)
+    replaced = {t.user_attrs[RETRY_OF] for t in trials if RETRY_OF in t.user_attrs}
+    out = Tally()
+    for t in trials:
+        if t.state == TrialState.COMPLETE:
+            out.complete += 1
+        elif t.state == TrialState.PRUNED:
+            out.pruned += 1
+        elif t.state == TrialState.FAIL:
+            if t.number in replaced:
+                out.retried += 1
+            else:
+                out.failed += 1
+        elif t.state == TrialState.RUNNING:
+            out.running += 1
+        elif t.state == TrialState.WAITING:
+            out.waiting += 1
+    return out
+
+
+def config_id(number: int, user_attrs: dict[str, Any]) -> int:
+    return int(user_attrs.get(CONFIG_ID, number))
+
+
+def retry_attrs(number: int, user_attrs: dict[str, Any], *, fault: bool, max_retries: int) -> dict[str, Any] | None:
+    """The user attrs of the retry of a failed trial, or None when its retries are used up."""
+    faults = int(user_attrs.get(FAULTS, 0)) + (1 if fault else 0)
+    if faults > max_retries:
+        return None
+    return {RETRY_OF: number, CONFIG_ID: config_id(number, user_attrs),
+            ATTEMPT: int(user_attrs.get(ATTEMPT, 1)) + 1, FAULTS: faults}
+
+
+def enqueue_retry(study: optuna.Study, number: int, params: dict[str, Any], user_attrs: dict[str, Any], *,
+                  fault: bool, max_retries: int) -> bool:
+    """Queue the same parameters again; ``ask`` hands the queued trial out before sampling a new one."""
+    attrs = retry_attrs(number, user_attrs, fault=fault, max_retries=max_retries)
+    if attrs is None:
+        return False
+    study.enqueue_trial(dict(params), user_attrs=attrs, skip_if_exists=False)
+    return True
+
+
+def fail_stale(study: optuna.Study, storage: Any, stale_ids: list[int], *, grace_period: float,
+               max_retries: int, skip: set[int]) -> list[int]:
+    """Fail trials whose coordinator stopped beating and queue their retries; returns their numbers.
+
+    Marking the trial FAIL is atomic in the database: when two coordinators
+    find the same stale trial, only one succeeds and only that one queues the
+    retry.
+    """
+    lost = []
+    for trial_id in stale_ids:
+        trial = storage.get_trial(trial_id)
+        if trial.number in skip or trial.state != TrialState.RUNNING:
+            continue
+        try:
+            storage.set_trial_user_attr(trial_id, REASON, f"coordinator lost (no heartbeat for {grace_period:g}s)")
+            if not storage.set_trial_state_values(trial_id, TrialState.FAIL):
+                continue
+        except optuna.exceptions.UpdateFinishedTrialError:
+            continue
+        enqueue_retry(study, trial.number, trial.params, trial.user_attrs, fault=False, max_retries=max_retries)
+        lost.append(trial.number)
+    return lost

@@ -13,6 +13,7 @@ import logging
 import math
 import os
 import signal
+import socket
 import time
 import uuid
 import warnings
@@ -36,6 +37,7 @@ DATASET_ATTR = "sweeps:dataset"
 VERSION_ATTR = "sweeps:version"
 UID_ATTR = "sweeps:uid"           # names the study's checkpoint folder, unique across databases
 REASON_ATTR = recovery.REASON
+COORDINATOR_ID = f"{socket.gethostname()}:{os.getpid()}"   # which process ran a trial (user attr "coordinator")
 FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.FAIL)
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -352,6 +354,7 @@ class Coordinator:
         chosen = space.suggest(trial, self.config.parameters)
         seed = trial_seed(self.config.seed, recovery.config_id(trial.number, attrs))
         trial.set_user_attr("seed", seed)
+        trial.set_user_attr("coordinator", COORDINATOR_ID)
         fixed = {k: v for k, v in chosen.items() if k not in trial.params}
         if fixed:
             trial.set_user_attr("fixed_params", fixed)

@@ -44,6 +44,11 @@ BAD = {
     "condition value not among the parent's": (
         _with_param("momentum", {"low": 0.5, "high": 0.9, "when": {"optimizer": "rmsprop"}}),
         "'rmsprop' is not among optimizer's values"),
+    "unknown recovery key": (_with(recovery={"retries": 3}), "recovery.retries: unknown key"),
+    "negative max_retries": (_with(recovery={"max_retries": -1}), "recovery.max_retries: must be at least 0"),
+    "grace period too short": (_with(recovery={"heartbeat_interval": 10, "grace_period": 15}),
+                               "recovery.grace_period: must be at least twice heartbeat_interval"),
+    "checkpoint store scheme": (_with(checkpoints={"store": "gs://bucket"}), "checkpoints.store: only folders and s3://"),
 }
 
 
@@ -133,3 +138,14 @@ def test_condition_cycle_is_rejected(tmp_path: Path) -> None:
             "optimizer": {"values": ["adam", "sgd"], "when": {"architecture": "resnet"}},
             "architecture": {"values": ["simple_cnn", "resnet"], "when": {"optimizer": "sgd"}},
         }))
+
+
+def test_recovery_and_checkpoint_settings(tmp_path: Path) -> None:
+    cfg = _load(tmp_path, _with(recovery={"max_retries": 0, "heartbeat_interval": 2, "grace_period": 5},
+                                checkpoints={"store": "ckpt", "keep_best": 1}))
+    assert (cfg.max_retries, cfg.heartbeat_interval, cfg.grace_period) == (0, 2.0, 5.0)
+    assert cfg.checkpoint_store == str(tmp_path / "ckpt") and cfg.keep_best == 1
+    assert config.from_dict(cfg.to_dict(), source="stored") == cfg
+    defaults = _load(tmp_path, _with())
+    assert (defaults.max_retries, defaults.grace_period, defaults.keep_best) == (2, 60.0, 3)
+    assert defaults.checkpoint_store is None

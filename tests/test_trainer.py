@@ -79,3 +79,32 @@ def test_augmentation_layers_follow_strength_and_flip() -> None:
     assert {"RandomRotation", "RandomZoom", "RandomTranslation", "RandomContrast"} <= kinds
     x = np.random.default_rng(0).random((4, 8, 8, 1), dtype=np.float32)
     assert np.allclose(model(x, training=False), model(x, training=False))   # no augmentation at evaluation
+
+
+def test_resumes_from_a_checkpoint_with_continuous_epochs(digits: data.Arrays) -> None:
+    from workers import checkpoint
+
+    first = ListReporter()
+    whole = train_trial(_spec(epochs=2, learning_rate=1e-2), digits, first)
+    assert whole.state == TrialState.COMPLETE and all(r.checkpoint for r in first.reports)
+    saved = checkpoint.unpack(first.reports[-1].checkpoint)
+    assert saved.epoch == 2 and set(saved.values) == {1, 2} and len(saved.optimizer) > 0
+    assert int(saved.optimizer[0]) > 0, "the optimizer's step counter is part of the state"
+
+    second = ListReporter()
+    spec = TrialSpec(number=0, params={**PARAMETER_DEFAULTS, "width": 8, "learning_rate": 1e-2}, epochs=4, seed=1,
+                     checkpoint=first.reports[-1].checkpoint)
+    resumed = train_trial(spec, digits, second)
+    assert [r.epoch for r in second.reports] == [3, 4]
+    assert resumed.epochs_run == 4 and resumed.metrics["start_epoch"] == 2
+    assert resumed.value == max([r.value for r in first.reports] + [r.value for r in second.reports])
+    assert resumed.value >= whole.value
+
+
+def test_checkpoint_of_another_model_is_refused(digits: data.Arrays) -> None:
+    first = ListReporter()
+    train_trial(_spec(epochs=1), digits, first)
+    spec = TrialSpec(number=0, params={**PARAMETER_DEFAULTS, "width": 8, "optimizer": "sgd"}, epochs=2, seed=1,
+                     checkpoint=first.reports[-1].checkpoint)
+    with pytest.raises(ValueError, match="optimizer variables"):
+        train_trial(spec, digits, ListReporter())

@@ -1,0 +1,83 @@
+"""Budget accounting, retries and checkpoint slots, against a real Optuna storage and a real folder."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import optuna
+import pytest
+
+from sweeps import recovery
+from sweeps.checkpoints import CheckpointStore, default_location
+from workers import checkpoint
+
+TS = optuna.trial.TrialState
+
+
+def _study(tmp_path: Path) -> optuna.Study:
+    return optuna.create_study(storage=f"sqlite:///{tmp_path}/t.db", study_name="u", direction="maximize")
+
+
+def test_a_failure_with_a_retry_does_not_count_its_retry_does(tmp_path: Path) -> None:
+    study = _study(tmp_path)
+    dist = {"x": optuna.distributions.FloatDistribution(0, 1)}
+    study.add_trial(optuna.trial.create_trial(params={"x": 0.1}, distributions=dist, value=0.5))
+    study.add_trial(optuna.trial.create_trial(params={"x": 0.2}, distributions=dist, state=TS.PRUNED))
+    study.add_trial(optuna.trial.create_trial(params={"x": 0.3}, distributions=dist, state=TS.FAIL))   # number 2
+    failed = study.get_trials()[2]
+    assert recovery.enqueue_retry(study, 2, failed.params, failed.user_attrs, fault=True, max_retries=2)
+    t = recovery.tally(study.get_trials())
+    assert (t.complete, t.pruned, t.failed, t.waiting, t.retried) == (1, 1, 0, 1, 1)
+    assert t.finished == 2
+
+    retry = study.ask()                        # the queued retry is handed out first, same parameters
+    assert retry.user_attrs == {"retry_of": 2, "config_id": 2, "attempt": 2, "faults": 1}
+    assert retry.suggest_float("x", 0, 1) == 0.3
+    study.tell(retry, state=TS.FAIL)
+    attrs = study.get_trials()[retry.number].user_attrs
+    assert recovery.retry_attrs(retry.number, attrs, fault=True, max_retries=2)["faults"] == 2
+    assert recovery.retry_attrs(retry.number, attrs, fault=True, max_retries=1) is None   # used up
+    assert recovery.retry_attrs(retry.number, attrs, fault=False, max_retries=1)["config_id"] == 2
+    assert recovery.tally(study.get_trials()).failed == 1       # no retry queued: a final failure
+
+
+def test_only_one_of_two_recoverers_fails_a_stale_trial(tmp_path: Path) -> None:
+    study = _study(tmp_path)
+    trial = study.ask({"x": optuna.distributions.FloatDistribution(0, 1)})
+    storage = study._storage._backend
+    first = recovery.fail_stale(study, storage, [trial._trial_id], grace_period=5, max_retries=2, skip=set())
+    second = recovery.fail_stale(study, storage, [trial._trial_id], grace_period=5, max_retries=2, skip=set())
+    assert first == [trial.number] and second == []
+    trials = study.get_trials()
+    assert trials[0].state == TS.FAIL and trials[0].user_attrs["reason"].startswith("coordinator lost")
+    assert len([t for t in trials if t.state == TS.WAITING]) == 1
+
+
+def _ckpt(epoch: int) -> bytes:
+    import numpy as np
+
+    return checkpoint.pack(checkpoint.Checkpoint(epoch, [np.full(3, epoch, np.float32)], [np.int64(epoch)],
+                                                 0.5, epoch, None, {e: 0.1 * e for e in range(1, epoch + 1)}))
+
+
+def test_checkpoint_slots_survive_a_spoilt_write(tmp_path: Path) -> None:
+    store = CheckpointStore(str(tmp_path / "artifacts"), "study one/x")
+    assert store.load(7) is None
+    store.save(7, 1, _ckpt(1))
+    store.save(7, 2, _ckpt(2))
+    assert checkpoint.read_meta(store.load(7))["epoch"] == 2
+    store.save(7, 3, _ckpt(3)[:100])         # a crash mid-write leaves a truncated file
+    assert checkpoint.read_meta(store.load(7))["epoch"] == 2
+    files = sorted(p.name for p in (tmp_path / "artifacts" / "study_one_x").iterdir())
+    assert files == ["config-7.0.ckpt", "config-7.1.ckpt"]
+    store.remove(7)
+    store.remove(7)                           # twice is fine
+    assert store.load(7) is None and not list((tmp_path / "artifacts" / "study_one_x").iterdir())
+    with pytest.raises(ValueError):
+        checkpoint.read_meta(b"not a checkpoint")
+
+
+def test_default_checkpoint_location(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert default_location(f"sqlite:///{tmp_path}/a/s.db") == str(tmp_path / "a" / "sweeps_artifacts")
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))
+    assert default_location("postgresql://u@h/db") == str(tmp_path / "data" / "sweeps" / "artifacts")

@@ -25,8 +25,15 @@ class _AskTellGridSampler(optuna.samplers.GridSampler):
         pass
 
 
-def sampler(config: SweepConfig) -> optuna.samplers.BaseSampler:
+def sampler(config: SweepConfig, salt: int = 0) -> optuna.samplers.BaseSampler:
+    """The configured sampler; ``salt`` (non-zero when resuming) moves its seed.
+
+    A sampler rebuilt with the study's own seed would draw the same random
+    start-up points again after a resume: duplicates of trials already run.
+    """
     opts = {k: v for k, v in config.sampler.items() if k != "name"}
+    if salt and opts.get("seed") is not None:
+        opts["seed"] = (int(opts["seed"]) * 1_000_003 + salt) % (2 ** 32)
     name = config.sampler["name"]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)

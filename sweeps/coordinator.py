@@ -42,6 +42,8 @@ FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED, op
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+# Optuna warns that its heartbeat is meant for optimize(); with ask/tell the coordinator beats itself.
+warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
 
 
 @dataclass
@@ -114,8 +116,9 @@ def load_study(name: str, storage_url: str | None, config: SweepConfig | None = 
         raise SweepsError(f"no study named {name!r} in {mask(resolve_url(storage_url))}; "
                           "`sweeps ls` lists the studies there") from None
     config = config or load_config(study)
+    salt = len(study.get_trials(deepcopy=False)) * 65_537 + os.getpid()   # see algorithms.sampler
     return optuna.load_study(study_name=name, storage=storage,
-                             sampler=algorithms.sampler(config), pruner=algorithms.pruner(config))
+                             sampler=algorithms.sampler(config, salt), pruner=algorithms.pruner(config))
 
 
 def resume_sweep(name: str, storage_url: str | None = None, *, n_trials: int | None = None,
@@ -123,17 +126,20 @@ def resume_sweep(name: str, storage_url: str | None = None, *, n_trials: int | N
     """Continue a stored study until its budget is met; the config comes from the study."""
     study = load_study(name, storage_url)
     config = load_config(study)
+    arrays = _load_data(config, resuming=True)     # before anything is written to the study
     if n_trials is not None:
         config = config.replace(n_trials=n_trials)
         study.set_user_attr(CONFIG_ATTR, config.to_dict())
-    arrays = _load_data(config)
     return Coordinator(study, config, arrays, ray_address=ray_address, on_progress=on_progress).run()
 
 
-def _load_data(config: SweepConfig) -> datasets.Arrays:
+def _load_data(config: SweepConfig, resuming: bool = False) -> datasets.Arrays:
     try:
         return datasets.load(config.dataset.to_dict(), seed=config.seed)
     except datasets.DatasetError as e:
+        if resuming:
+            raise SweepsError(f"the dataset of study {config.study!r} is not reachable from this machine: {e} "
+                              "(resume needs the same dataset path as the machine that started the sweep)") from None
         raise ConfigError(f"dataset: {e}") from None
 
 

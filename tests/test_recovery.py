@@ -69,6 +69,15 @@ def _configs(trials: list[optuna.trial.FrozenTrial]) -> dict[str, int]:
     return out
 
 
+def _check_no_unrecorded_duplicates(trials: list[optuna.trial.FrozenTrial]) -> None:
+    """The same parameters twice only as retries of one configuration (a resumed sampler must not repeat itself)."""
+    seen: dict[str, int] = {}
+    for t in sorted(trials, key=lambda t: t.number):
+        key = repr(sorted(t.params.items()))
+        config = t.user_attrs.get("config_id", t.number)
+        assert seen.setdefault(key, config) == config, f"trial {t.number} repeats configuration {seen[key]}"
+
+
 def _check_curves_continuous(trials: list[optuna.trial.FrozenTrial]) -> None:
     for t in trials:
         if t.state in (TS.COMPLETE, TS.PRUNED):
@@ -108,6 +117,7 @@ def test_killed_coordinator_is_resumed_from_another_directory(pg_url: str, tmp_p
         assert retry.user_attrs["seed"] == original.user_attrs["seed"]
     assert max(r.user_attrs.get("start_epoch", 0) for r in retries) >= 2, "a retry should resume from its checkpoint"
     _check_curves_continuous(trials)
+    _check_no_unrecorded_duplicates(trials)
 
 
 def _trainer_processes(proc: subprocess.Popen[str]) -> list[psutil.Process]:
@@ -250,6 +260,7 @@ def test_two_coordinators_share_one_budget(pg_url: str, tmp_path: Path) -> None:
     assert second.returncode == 0, err2[-3000:]
     trials = _study(pg_url, "shared").get_trials()
     assert len(trials) == 6 and all(t.state == TS.COMPLETE for t in trials), [t.state for t in trials]
+    _check_no_unrecorded_duplicates(trials)
     coordinators = {t.user_attrs["coordinator"] for t in trials}
     assert len(coordinators) == 2, "both coordinators should have run trials"
 
@@ -267,3 +278,26 @@ def test_diverging_trial_is_not_retried_and_the_sweep_goes_on(tmp_path: Path) ->
     assert by_lr[1.0e9].state == TS.PRUNED and by_lr[1.0e9].user_attrs["reason"].startswith("diverged")
     assert by_lr[1.0e-2].state == TS.COMPLETE
     assert not [t for t in trials if "retry_of" in t.user_attrs]
+
+
+def test_resume_where_the_dataset_is_missing_is_one_clear_line(tmp_path: Path) -> None:
+    import numpy as np
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    data = tmp_path / "data" / "digits.npz"
+    data.parent.mkdir()
+    np.savez(data, x_train=digits.images.astype("float32") / 16.0, y_train=digits.target)
+    url = f"sqlite:///{tmp_path}/sweeps.db"
+    space = write_space(tmp_path, study="moved", budget={"n_trials": 1}, parallel=1, epochs=1,
+                        dataset={"name": "npz", "path": "data/digits.npz"})
+    assert run_cli("run", str(space), "--storage", url, cwd=tmp_path).returncode == 0
+    data.rename(tmp_path / "elsewhere.npz")                 # "another machine" without the file
+    before = [(t.number, t.state) for t in _study(url, "moved").get_trials()]
+    result = run_cli("resume", "moved", "--storage", url, "--n-trials", "2", cwd=tmp_path)
+    assert result.returncode == 2
+    [line] = result.stderr.strip().splitlines()
+    assert "not reachable from this machine" in line and str(data) in line and "Traceback" not in result.stderr
+    study = _study(url, "moved")
+    assert [(t.number, t.state) for t in study.get_trials()] == before
+    assert study.user_attrs["sweeps:config"]["budget"]["n_trials"] == 1     # the failed resume changed nothing

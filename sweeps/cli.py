@@ -27,6 +27,11 @@ def _storage_option(p: argparse.ArgumentParser) -> None:
                         "(default: $SWEEPS_STORAGE, else sqlite:///sweeps.db)")
 
 
+def _output_options(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument("--quiet", action="store_true", help="no progress output")
+    p.add_argument("--json", action="store_true", help=f"print {what} as JSON")
+
+
 def _parser() -> argparse.ArgumentParser:
     fmt = argparse.RawDescriptionHelpFormatter
     parser = argparse.ArgumentParser(prog="sweeps", formatter_class=fmt, epilog=MAIN_EXAMPLE,
@@ -53,8 +58,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, metavar="SECONDS", help="budget: stop launching trials after this long")
     p.add_argument("--parallel", type=int, metavar="N", help="trials in flight at once (overrides parallel)")
     p.add_argument("--ray-address", metavar="ADDR", help="an existing Ray cluster (default: a private local one)")
-    p.add_argument("--quiet", action="store_true", help="no progress output")
-    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    _output_options(p, "the summary")
 
     p = command("resume", "continue a stored sweep until its budget is met; the config comes from the study",
                 "sweeps resume mnist-a --storage postgresql://user:pw@host/db")
@@ -62,8 +66,7 @@ def _parser() -> argparse.ArgumentParser:
     _storage_option(p)
     p.add_argument("--n-trials", type=int, metavar="N", help="raise (or lower) the stored budget")
     p.add_argument("--ray-address", metavar="ADDR", help="an existing Ray cluster (default: a private local one)")
-    p.add_argument("--quiet", action="store_true", help="no progress output")
-    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    _output_options(p, "the summary")
 
     p = command("status", "counts by state, the best value and parameters, elapsed time and a table of trials",
                 "sweeps status mnist-a --storage postgresql://user:pw@host/db")
@@ -77,6 +80,31 @@ def _parser() -> argparse.ArgumentParser:
     _storage_option(p)
     p.add_argument("--json", action="store_true", help="print as JSON")
 
+    p = command("dashboard", "open optuna-dashboard on the study storage (learning curves, metrics, artifacts)",
+                "sweeps dashboard digits-demo --storage sqlite:///sweeps.db --port 8080")
+    p.add_argument("study", nargs="?", help="study to open (default: the list of studies)")
+    _storage_option(p)
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=8080, help="port (default 8080)")
+
+    p = command("export", "the best trial's model for serving: .keras, SavedModel (TF Serving layout) or TFLite",
+                "sweeps export digits-demo --format tflite --quantize int8 --out models/")
+    p.add_argument("study", help="study name")
+    _storage_option(p)
+    p.add_argument("--format", dest="fmt", choices=("keras", "saved_model", "tflite"), default="keras",
+                   help="keras (one .keras file), saved_model (OUT/STUDY/1/ for TensorFlow Serving) or tflite")
+    p.add_argument("--quantize", choices=("none", "float16", "int8"), default="none",
+                   help="TFLite post-training quantisation (int8: calibrated on training images)")
+    p.add_argument("--out", default="exported", metavar="DIR", help="output folder (default: exported/)")
+    _output_options(p, "the result")
+
+    p = command("report", "an HTML report and PNG plots: history, importances, parallel coordinates, curves",
+                "sweeps report digits-demo --out report/")
+    p.add_argument("study", help="study name")
+    _storage_option(p)
+    p.add_argument("--out", default="report", metavar="DIR", help="output folder (default: report/)")
+    _output_options(p, "the written paths")
+
     p = command("ls", "the studies in a storage, with trial counts and best values",
                 "sweeps ls --storage postgresql://user:pw@host/db")
     _storage_option(p)
@@ -89,24 +117,24 @@ def _parser() -> argparse.ArgumentParser:
 def _run(args: argparse.Namespace) -> int:
     from sweeps import config as config_module
 
-    config = config_module.load(args.config).replace(study=args.study, n_trials=args.n_trials,
-                                                     timeout=args.timeout, parallel=args.parallel)
-    from sweeps.coordinator import run_sweep  # imports Optuna: after the YAML is known to be good
+    config = config_module.load(args.config)       # checked before Optuna, Ray or TensorFlow are imported
+    from sweeps.api import run_sweep
     from sweeps.progress import LiveProgress
 
     with LiveProgress(quiet=args.quiet or args.json) as progress:
-        summary = run_sweep(config, args.storage, ray_address=args.ray_address, on_progress=progress)
-    return _print_summary(summary, args.json)
+        sweep = run_sweep(config, args.storage, study=args.study, n_trials=args.n_trials, timeout=args.timeout,
+                          parallel=args.parallel, ray_address=args.ray_address, on_progress=progress)
+    return _print_summary(sweep.summary, args.json)
 
 
 def _resume(args: argparse.Namespace) -> int:
-    from sweeps.coordinator import resume_sweep
+    from sweeps.api import resume_sweep
     from sweeps.progress import LiveProgress
 
     with LiveProgress(quiet=args.quiet or args.json) as progress:
-        summary = resume_sweep(args.study, args.storage, n_trials=args.n_trials,
-                               ray_address=args.ray_address, on_progress=progress)
-    return _print_summary(summary, args.json)
+        sweep = resume_sweep(args.study, args.storage, n_trials=args.n_trials,
+                             ray_address=args.ray_address, on_progress=progress)
+    return _print_summary(sweep.summary, args.json)
 
 
 def _print_summary(s: dict[str, Any], as_json: bool) -> int:
@@ -191,8 +219,54 @@ def _ls(args: argparse.Namespace) -> int:
     return 0
 
 
+def _dashboard(args: argparse.Namespace) -> int:
+    from sweeps.dashboard import serve
+
+    try:
+        serve(args.study, args.storage, host=args.host, port=args.port,
+              on_ready=lambda line: print(f"{line}\nCtrl-C stops it.", flush=True))
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+def _say(args: argparse.Namespace) -> Callable[[str], None]:
+    """Progress lines of long commands go to stderr, unless --quiet or --json."""
+    if args.quiet or args.json:
+        return lambda line: None
+    return lambda line: print(line, file=sys.stderr, flush=True)
+
+
+def _export(args: argparse.Namespace) -> int:
+    from sweeps.export import export_best
+
+    e = export_best(args.study, args.storage, fmt=args.fmt, out=args.out, quantize=args.quantize, say=_say(args))
+    if args.json:
+        print(json.dumps(e.to_dict(), indent=2))
+        return 0
+    print(f"exported trial {e.trial} ({e.source}) as {e.format}"
+          + (f" ({e.quantize})" if e.quantize != "none" else "") + f": {e.path}, {e.size_bytes / 1024:.0f} KiB")
+    print(f"validation accuracy: original {e.accuracy_original:.4f}, exported {e.accuracy_exported:.4f}"
+          + ("  WARNING: more than 1 point below the original" if e.flagged else ""))
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from sweeps.report import write_report
+
+    r = write_report(args.study, args.storage, args.out, say=_say(args))
+    if args.json:
+        print(json.dumps(r, indent=2))
+    else:
+        print(f"report: {r['html']} ({len(r['images'])} images)")
+        for key, reason in r["skipped"].items():
+            print(f"  {key} not drawn: {reason}")
+    return 0
+
+
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
-    "run": _run, "resume": _resume, "status": _status, "best": _best, "ls": _ls,
+    "run": _run, "resume": _resume, "status": _status, "best": _best, "ls": _ls, "dashboard": _dashboard,
+    "export": _export, "report": _report,
 }
 
 

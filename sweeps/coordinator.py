@@ -22,7 +22,7 @@ from typing import Any, Callable
 
 import optuna
 
-from sweeps import __version__, algorithms, recovery, space
+from sweeps import __version__, algorithms, dashboard, recovery, space
 from sweeps import storage as db
 from sweeps.checkpoints import CheckpointStore, default_location
 from sweeps.config import ConfigError, SweepConfig, from_dict
@@ -176,6 +176,7 @@ class Coordinator:
         self.storage = db.backend(study)
         db.enable_heartbeats(self.storage, config.heartbeat_interval, config.grace_period)
         self.checkpoints = self._checkpoint_store()
+        self.artifacts = dashboard.artifact_store(config.checkpoint_store) if self.checkpoints else None
         self.removed: set[int] = set()                # configurations whose checkpoints are gone
         self.last_beat = 0.0
 
@@ -433,6 +434,7 @@ class Coordinator:
         for key, value in result.metrics.items():
             trial.set_user_attr(key, value)
         if result.state == TrialState.COMPLETE and result.value is not None and math.isfinite(result.value):
+            self._upload_confusion_matrix(trial, result)
             self.study.tell(trial, result.value)
             return False
         if result.state == TrialState.PRUNED:
@@ -446,6 +448,26 @@ class Coordinator:
             return False
         return recovery.enqueue_retry(self.study, trial.number, trial.params, attrs, fault=fault,
                                       max_retries=self.config.max_retries)
+
+    def _upload_confusion_matrix(self, trial: optuna.Trial, result: TrialResult) -> None:
+        """A PNG artifact on the trial, shown by optuna-dashboard; best effort, the result matters more."""
+        matrix = result.metrics.get("confusion_matrix")
+        if self.artifacts is None or not matrix:
+            return
+        import tempfile
+
+        from optuna.artifacts import upload_artifact
+
+        from sweeps.plots import confusion_matrix_png
+
+        try:
+            with tempfile.TemporaryDirectory() as tmp:
+                path = confusion_matrix_png(matrix, self.arrays.class_names, os.path.join(tmp, "confusion_matrix.png"),
+                                            title=f"trial {trial.number}: validation confusion matrix")
+                upload_artifact(study_or_trial=trial, file_path=path, artifact_store=self.artifacts,
+                                mimetype="image/png")
+        except Exception as e:
+            self.progress.last = f"confusion matrix of trial {trial.number} not stored: {_first_line(e)}"
 
     def _prune_checkpoints(self, config_id: int, state: TrialState) -> None:
         """Keep checkpoints of the ``keep_best`` best complete trials only, so disk use stays bounded."""

@@ -1,0 +1,101 @@
+"""The Python API, for notebooks and scripts: ``run_sweep``, ``resume_sweep`` and ``load_sweep``.
+
+The CLI is a thin layer over these functions. Each returns a ``Sweep``: the
+Optuna study (for Optuna's own tools), the resolved config, and the best
+trial with the metrics its worker measured.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import optuna
+
+from sweeps import coordinator
+from sweeps.config import SweepConfig, from_dict, load
+from sweeps.storage import resolve_url
+
+METRIC_KEYS = ("accuracy", "macro_precision", "macro_recall", "macro_f1", "per_class_recall", "confusion_matrix",
+               "param_count", "train_seconds", "seconds_per_epoch")
+
+
+@dataclass
+class Sweep:
+    """A stored sweep. ``summary`` holds the run's counts when this call ran it."""
+
+    study: optuna.Study
+    config: SweepConfig
+    storage_url: str
+    summary: dict[str, Any] | None = None
+
+    @property
+    def name(self) -> str:
+        return self.study.study_name
+
+    @property
+    def best_trial(self) -> optuna.trial.FrozenTrial | None:
+        try:
+            return self.study.best_trial
+        except ValueError:   # no complete trial yet
+            return None
+
+    @property
+    def best_value(self) -> float | None:
+        best = self.best_trial
+        return None if best is None else best.value
+
+    @property
+    def best_params(self) -> dict[str, Any]:
+        """Searched and fixed parameters of the best trial: everything needed to train it again."""
+        best = self.best_trial
+        return {} if best is None else {**best.params, **best.user_attrs.get("fixed_params", {})}
+
+    @property
+    def best_metrics(self) -> dict[str, Any]:
+        best = self.best_trial
+        return {} if best is None else {k: best.user_attrs[k] for k in METRIC_KEYS if k in best.user_attrs}
+
+    def trials(self) -> list[optuna.trial.FrozenTrial]:
+        return self.study.get_trials()
+
+    def __repr__(self) -> str:
+        best = "-" if self.best_value is None else f"{self.best_value:.4f}"
+        return f"Sweep({self.name!r}, trials={len(self.study.get_trials(deepcopy=False))}, best={best})"
+
+
+def _config(config: SweepConfig | dict[str, Any] | str | os.PathLike[str]) -> SweepConfig:
+    if isinstance(config, SweepConfig):
+        return config
+    if isinstance(config, dict):
+        return from_dict(config, source="config dict", base_dir=os.getcwd())
+    return load(config)
+
+
+def run_sweep(config: SweepConfig | dict[str, Any] | str | os.PathLike[str], storage: str | None = None, *,
+              study: str | None = None, n_trials: int | None = None, timeout: float | None = None,
+              parallel: int | None = None, ray_address: str | None = None,
+              on_progress: coordinator.ProgressCallback | None = None) -> Sweep:
+    """Create a study from a config (a YAML path, a dict shaped like the YAML, or a SweepConfig) and run it."""
+    cfg = _config(config).replace(study=study, n_trials=n_trials, timeout=timeout, parallel=parallel)
+    summary = coordinator.run_sweep(cfg, storage, ray_address=ray_address, on_progress=on_progress)
+    return _loaded(cfg.study, storage, summary)
+
+
+def resume_sweep(name: str, storage: str | None = None, *, n_trials: int | None = None,
+                 ray_address: str | None = None, on_progress: coordinator.ProgressCallback | None = None) -> Sweep:
+    """Continue a stored sweep until its budget is met (any machine that reaches the database)."""
+    summary = coordinator.resume_sweep(name, storage, n_trials=n_trials, ray_address=ray_address,
+                                       on_progress=on_progress)
+    return _loaded(name, storage, summary)
+
+
+def load_sweep(name: str, storage: str | None = None) -> Sweep:
+    """A stored sweep, read-only: nothing runs."""
+    return _loaded(name, storage, None)
+
+
+def _loaded(name: str, storage: str | None, summary: dict[str, Any] | None) -> Sweep:
+    study = coordinator.load_study(name, storage)
+    return Sweep(study, coordinator.load_config(study), resolve_url(storage), summary)

@@ -1,0 +1,59 @@
+"""`sweeps dashboard`: optuna-dashboard on the study storage, on loopback unless asked otherwise.
+
+Trials show their learning curves (intermediate values), metrics (user
+attributes) and the artifacts in the sweep's checkpoint store.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from sweeps.errors import SweepsError
+from sweeps.storage import mask, open_storage, resolve_url
+
+
+def artifact_store(location: str | None) -> Any:
+    """The Optuna artifact store at a checkpoints.store location (a folder or s3://bucket)."""
+    if not location:
+        return None
+    if location.startswith("s3://"):
+        from optuna.artifacts import Boto3ArtifactStore
+
+        return Boto3ArtifactStore(location[len("s3://"):].split("/", 1)[0])
+    from optuna.artifacts import FileSystemArtifactStore
+
+    return FileSystemArtifactStore(location)
+
+
+def serve(study: str | None, storage_url: str | None, *, host: str = "127.0.0.1", port: int = 8080,
+          on_ready: Callable[[str], None] = print) -> None:
+    """Bind first (a taken port is a clear error), then say where, then serve until Ctrl-C."""
+    from wsgiref.simple_server import WSGIRequestHandler, make_server
+
+    import optuna_dashboard
+
+    from sweeps.coordinator import CONFIG_ATTR, load_study
+
+    storage = open_storage(storage_url)
+    path, location = "/dashboard", None
+    if study:
+        loaded = load_study(study, storage_url)
+        path = f"/dashboard/studies/{loaded._study_id}"
+        location = loaded.user_attrs.get(CONFIG_ATTR, {}).get("checkpoints", {}).get("store")
+    app = optuna_dashboard.wsgi(storage, artifact_store=artifact_store(location))
+
+    class QuietHandler(WSGIRequestHandler):
+        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002  (the stdlib's name)
+            pass
+
+    try:
+        server = make_server(host, port, app, handler_class=QuietHandler)
+    except OSError as e:
+        raise SweepsError(f"cannot listen on {host}:{port} ({e.strerror}); choose another --port") from None
+    shown_host = f"[{host}]" if ":" in host else host
+    on_ready(f"optuna-dashboard for {mask(resolve_url(storage_url))} at http://{shown_host}:{port}{path}"
+             + ("" if host in ("127.0.0.1", "localhost", "::1") else "  (reachable from other machines)"))
+    try:
+        server.serve_forever()
+    finally:
+        server.server_close()

@@ -1,0 +1,213 @@
+"""Best trial -> a model to serve: ``.keras``, a SavedModel in TensorFlow Serving's layout, or TFLite.
+
+The weights come from the best trial's kept checkpoint (its best epoch), or,
+when none was kept, from retraining its parameters with its seed. The
+exported model takes float32 images scaled to [0, 1], shaped like the
+dataset's images, and returns class probabilities; augmentation is left out.
+Each export is checked on the held-out validation images against the
+original model, so a quantised model that lost accuracy is flagged.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+
+from sweeps import recovery
+from sweeps.checkpoints import CheckpointStore
+from sweeps.coordinator import UID_ATTR, load_config, load_study, trial_seed
+from sweeps.errors import SweepsError
+from workers import checkpoint as ckpt
+from workers import data as datasets
+from workers.spec import PARAMETER_DEFAULTS, Decision, EpochReport, TrialSpec
+
+FORMATS = ("keras", "saved_model", "tflite")
+QUANTIZE = ("none", "float16", "int8")
+FLAG_DROP = 0.01      # a quantised model more than 1 point below the original is flagged
+
+
+@dataclass
+class Exported:
+    path: str
+    format: str
+    quantize: str
+    size_bytes: int
+    trial: int
+    source: str                    # "checkpoint" or "retrained"
+    accuracy_original: float
+    accuracy_exported: float
+    flagged: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def export_best(study_name: str, storage_url: str | None, *, fmt: str, out: str, quantize: str = "none",
+                say: Callable[[str], None] = lambda line: None) -> Exported:
+    if fmt not in FORMATS:
+        raise SweepsError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    if quantize not in QUANTIZE:
+        raise SweepsError(f"unknown quantisation {quantize!r}; choose one of {', '.join(QUANTIZE)}")
+    if quantize != "none" and fmt != "tflite":
+        raise SweepsError("--quantize applies to --format tflite only")
+    study = load_study(study_name, storage_url)
+    config = load_config(study)
+    try:
+        best = study.best_trial
+    except ValueError:
+        raise SweepsError(f"study {study_name!r} has no completed trial to export yet") from None
+    say(f"loading the data of study {study_name}")
+    try:
+        data = datasets.load(config.dataset.to_dict(), seed=config.seed)
+    except datasets.DatasetError as e:
+        raise SweepsError(f"the dataset of study {study_name!r} is not reachable here: {e}") from None
+    params = {**PARAMETER_DEFAULTS, **best.params, **best.user_attrs.get("fixed_params", {})}
+
+    import keras
+
+    from workers import augment, models
+
+    weights, source = _best_weights(study, config, best, params, data, say)
+    trained = models.build(params, data.input_shape, data.n_classes,
+                           augment.layers(params["augment"], config.dataset.flip, seed=0))
+    trained.set_weights(weights)
+    model = _without_augmentation(trained, params, data)
+    original = _accuracy(lambda x: model.predict(x, batch_size=256, verbose=0), data)
+
+    os.makedirs(out, exist_ok=True)
+    name = _safe(study_name)
+    say(f"exporting trial {best.number} as {fmt}" + (f" ({quantize})" if quantize != "none" else ""))
+    if fmt == "keras":
+        path = os.path.join(out, f"{name}.keras")
+        model.save(path)
+        exported = _accuracy(lambda x: keras.models.load_model(path).predict(x, batch_size=256, verbose=0), data)
+        size = os.path.getsize(path)
+    elif fmt == "saved_model":
+        path = os.path.join(out, name, "1")         # TensorFlow Serving: MODEL/VERSION/
+        if os.path.exists(path):
+            shutil.rmtree(path)
+        model.export(path, format="tf_saved_model", verbose=False)
+        exported = _accuracy(_saved_model_predict(path), data)
+        size = _tree_size(path)
+    else:
+        path = os.path.join(out, f"{name}{'' if quantize == 'none' else '-' + quantize}.tflite")
+        with open(path, "wb") as f:
+            f.write(_tflite(model, quantize, data))
+        exported = _accuracy(tflite_predict(path), data)
+        size = os.path.getsize(path)
+    flagged = quantize != "none" and exported < original - FLAG_DROP
+    return Exported(path, fmt, quantize, size, best.number, source, original, exported, flagged)
+
+
+def _safe(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
+
+
+def _best_weights(study: Any, config: Any, best: Any, params: dict[str, Any], data: datasets.Arrays,
+                  say: Callable[[str], None]) -> tuple[list[np.ndarray], str]:
+    uid = study.user_attrs.get(UID_ATTR)
+    if config.checkpoint_store and uid:
+        try:
+            store = CheckpointStore(config.checkpoint_store, f"{study.study_name}-{uid}")
+            raw = store.load(recovery.config_id(best.number, best.user_attrs))
+        except SweepsError:
+            raw = None
+        if raw is not None:
+            state = ckpt.unpack(raw)
+            return (state.best_weights if state.best_weights is not None else state.weights), "checkpoint"
+    say(f"no checkpoint kept for trial {best.number}: retraining it ({config.epochs} epochs, seed "
+        f"{best.user_attrs.get('seed')})")
+    from workers.trainer import train_trial
+
+    class KeepLast:
+        last: bytes | None = None
+
+        def report(self, report: EpochReport) -> Decision:
+            self.last = report.checkpoint
+            return Decision.CONTINUE
+
+    reporter = KeepLast()
+    seed = best.user_attrs.get("seed", trial_seed(config.seed, best.number))
+    train_trial(TrialSpec(best.number, params, config.epochs, seed, config.metric, config.dataset.flip,
+                          threads=os.cpu_count() or 1), data, reporter)
+    if reporter.last is None:
+        raise SweepsError(f"retraining trial {best.number} produced no epoch; check the dataset")
+    state = ckpt.unpack(reporter.last)
+    return (state.best_weights if state.best_weights is not None else state.weights), "retrained"
+
+
+def _without_augmentation(trained: Any, params: dict[str, Any], data: datasets.Arrays) -> Any:
+    """The same network without its (training-only) augmentation layers, weights copied layer by layer."""
+    from workers import models
+
+    plain = models.build(params, data.input_shape, data.n_classes, [])
+    source = [layer for layer in trained.layers if layer.weights and not _is_augmentation(layer)]
+    target = [layer for layer in plain.layers if layer.weights]
+    if len(source) != len(target):
+        raise SweepsError("the trained model and its serving copy differ in layers; report this as a bug")
+    for src, dst in zip(source, target):
+        dst.set_weights(src.get_weights())
+    return plain
+
+
+def _is_augmentation(layer: Any) -> bool:
+    return type(layer).__name__.startswith("Random")
+
+
+def _accuracy(predict: Callable[[np.ndarray], np.ndarray], data: datasets.Arrays) -> float:
+    probabilities = predict(data.x_val.astype(np.float32))
+    return float(np.mean(np.argmax(probabilities, axis=1) == data.y_val))
+
+
+def _saved_model_predict(path: str) -> Callable[[np.ndarray], np.ndarray]:
+    import tensorflow as tf
+
+    loaded = tf.saved_model.load(path)
+    return lambda x: np.concatenate([loaded.serve(tf.constant(x[i:i + 256])).numpy() for i in range(0, len(x), 256)])
+
+
+def _tree_size(path: str) -> int:
+    return sum(os.path.getsize(os.path.join(d, f)) for d, _, files in os.walk(path) for f in files)
+
+
+def _tflite(model: Any, quantize: str, data: datasets.Arrays) -> bytes:
+    import tensorflow as tf
+
+    with tempfile.TemporaryDirectory() as tmp:
+        model.export(tmp, format="tf_saved_model", verbose=False)
+        converter = tf.lite.TFLiteConverter.from_saved_model(tmp)
+        if quantize == "float16":
+            converter.optimizations = [tf.lite.Optimize.DEFAULT]
+            converter.target_spec.supported_types = [tf.float16]
+        elif quantize == "int8":
+            # Full integer quantisation: weights and activations int8, calibrated on training images;
+            # the model still takes and returns float32, so callers need no scale/zero-point.
+            sample = data.x_train[np.random.default_rng(0).permutation(len(data.x_train))[:200]].astype(np.float32)
+            converter.optimizations = [tf.lite.Optimize.DEFAULT]
+            converter.representative_dataset = lambda: ([sample[i:i + 1]] for i in range(len(sample)))
+            converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        return converter.convert()
+
+
+def tflite_predict(path: str) -> Callable[[np.ndarray], np.ndarray]:
+    """Run a .tflite file with the TFLite interpreter, one image at a time."""
+    import tensorflow as tf
+
+    interpreter = tf.lite.Interpreter(model_path=path)
+    interpreter.allocate_tensors()
+    inp, outp = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
+
+    def predict(x: np.ndarray) -> np.ndarray:
+        out = []
+        for image in x:
+            interpreter.set_tensor(inp["index"], image[None].astype(inp["dtype"]))
+            interpreter.invoke()
+            out.append(interpreter.get_tensor(outp["index"])[0])
+        return np.asarray(out)
+
+    return predict

@@ -1,0 +1,114 @@
+"""`sweeps report`: one HTML page and PNG images of a study, to read or to share.
+
+Optuna's matplotlib visualisations (optimisation history, parameter
+importances, parallel coordinates, learning curves) plus the best trial's
+confusion matrix, and a table of the best trials. Everything is written
+into one folder; nothing in it holds the storage password.
+"""
+
+from __future__ import annotations
+
+import datetime
+import html
+import os
+import warnings
+from typing import Any, Callable
+
+import optuna
+
+from sweeps.coordinator import DATASET_ATTR, load_config, load_study
+from sweeps.errors import SweepsError
+from sweeps.storage import mask, resolve_url
+
+PLOTS = {
+    "optimization_history": ("Optimisation history", "plot_optimization_history"),
+    "param_importances": ("Parameter importances (fANOVA)", "plot_param_importances"),
+    "parallel_coordinate": ("Parallel coordinates", "plot_parallel_coordinate"),
+    "intermediate_values": ("Learning curves (validation metric per epoch)", "plot_intermediate_values"),
+}
+
+
+def write_report(name: str, storage_url: str | None, out: str,
+                 say: Callable[[str], None] = lambda line: None) -> dict[str, Any]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from optuna.visualization import matplotlib as ovm
+
+    from sweeps.plots import confusion_matrix_png
+
+    study = load_study(name, storage_url)
+    config = load_config(study)
+    complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    if not complete:
+        raise SweepsError(f"study {name!r} has no completed trial yet; a report needs at least one")
+    os.makedirs(out, exist_ok=True)
+    images: dict[str, str] = {}
+    skipped: dict[str, str] = {}
+    for key, (title, function) in PLOTS.items():
+        say(f"plotting {title.lower()}")
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                axes = getattr(ovm, function)(study)
+            figure = (axes.flat[0] if hasattr(axes, "flat") else axes).get_figure()
+            figure.set_size_inches(9, 5)
+            figure.tight_layout()
+            figure.savefig(os.path.join(out, f"{key}.png"), dpi=100)
+            plt.close(figure)
+            images[key] = f"{key}.png"
+        except Exception as e:   # e.g. importances need two or more complete trials
+            skipped[key] = str(e).splitlines()[0] if str(e) else type(e).__name__
+    best = study.best_trial
+    matrix = best.user_attrs.get("confusion_matrix")
+    if matrix:
+        classes = study.user_attrs.get(DATASET_ATTR, {}).get("class_names") or [str(i) for i in range(len(matrix))]
+        confusion_matrix_png(matrix, classes, os.path.join(out, "confusion_matrix.png"),
+                             title=f"best trial {best.number}: validation confusion matrix")
+        images["confusion_matrix"] = "confusion_matrix.png"
+    page = os.path.join(out, "report.html")
+    with open(page, "w", encoding="utf-8") as f:
+        f.write(_html(study, config, storage_url, images, skipped))
+    say(f"wrote {page}")
+    return {"study": name, "html": page, "images": {k: os.path.join(out, v) for k, v in images.items()},
+            "skipped": skipped}
+
+
+def _html(study: optuna.Study, config: Any, storage_url: str | None, images: dict[str, str],
+          skipped: dict[str, str]) -> str:
+    e = html.escape
+    trials = study.get_trials(deepcopy=False)
+    counts = {s.name: sum(t.state == s for t in trials) for s in optuna.trial.TrialState}
+    maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
+    complete = sorted((t for t in trials if t.state == optuna.trial.TrialState.COMPLETE),
+                      key=lambda t: t.value, reverse=maximize)[:10]
+    names = list(dict.fromkeys(k for t in complete for k in t.params))
+    rows = "".join(
+        "<tr>" + f"<td>{t.number}</td><td>{t.value:.4f}</td><td>{t.user_attrs.get('macro_f1', float('nan')):.4f}</td>"
+        + "".join(f"<td>{e(_fmt(t.params.get(k, '')))}</td>" for k in names) + "</tr>" for t in complete)
+    best = study.best_trial
+    sections = "".join(f"<h2>{e(PLOTS[k][0] if k in PLOTS else 'Best trial: confusion matrix')}</h2>"
+                       f"<img src=\"{e(v)}\" alt=\"{e(k)}\">" for k, v in images.items())
+    notes = "".join(f"<li>{e(PLOTS[k][0])}: not drawn ({e(v)})</li>" for k, v in skipped.items())
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>sweeps report: {e(study.study_name)}</title>
+<style>body{{font-family:sans-serif;max-width:1000px;margin:2em auto}}table{{border-collapse:collapse}}
+td,th{{border:1px solid #ccc;padding:2px 6px;text-align:right}}img{{max-width:100%}}</style></head><body>
+<h1>Study {e(study.study_name)}</h1>
+<p>Storage {e(mask(resolve_url(storage_url)))}; metric {e(config.metric)} ({e(study.direction.name.lower())});
+budget {config.n_trials} trials; written {datetime.datetime.now().isoformat(timespec="seconds")}.</p>
+<p>Trials: {", ".join(f"{k.lower()} {v}" for k, v in counts.items() if v)}.</p>
+<p>Best: trial {best.number}, {e(config.metric)} {best.value:.4f};
+{e(", ".join(f"{k}={_fmt(v)}" for k, v in {**best.params, **best.user_attrs.get("fixed_params", {})}.items()))}</p>
+<h2>Best trials</h2>
+<table><tr><th>#</th><th>{e(config.metric)}</th><th>macro F1</th>{"".join(f"<th>{e(k)}</th>" for k in names)}</tr>
+{rows}</table>
+{sections}
+{f"<ul>{notes}</ul>" if notes else ""}
+</body></html>
+"""
+
+
+def _fmt(v: Any) -> str:
+    return f"{v:.4g}" if isinstance(v, float) else str(v)

@@ -1,0 +1,158 @@
+"""From a finished sweep to what users see and ship: the Python API and the dashboard command."""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import subprocess
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any, Iterator
+
+import psutil
+import pytest
+
+from tests.conftest import TINY_SPACE, run_cli, start_cli
+
+pytestmark = pytest.mark.slow
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    """A tiny finished sweep, run through the Python API in this process (real Ray, real Keras)."""
+    from sweeps import load_sweep, run_sweep
+
+    folder = tmp_path_factory.mktemp("served")
+    url = f"sqlite:///{folder}/sweeps.db"
+    config = {**TINY_SPACE, "study": "served", "budget": {"n_trials": 2}, "parallel": 1, "epochs": 2,
+              "pruner": {"name": "none"}}
+    sweep = run_sweep(config, url)
+    yield {"sweep": sweep, "url": url, "folder": folder, "loaded": load_sweep("served", url)}
+
+
+def test_python_api_returns_the_study_best_trial_and_metrics(finished: dict[str, Any]) -> None:
+    sweep, loaded = finished["sweep"], finished["loaded"]
+    assert sweep.summary["budget_met"] and sweep.summary["complete"] == 2
+    assert len(sweep.trials()) == 2 and sweep.name == "served"
+    assert sweep.best_value == max(t.value for t in sweep.trials())
+    assert sweep.best_params["batch_size"] == 64 and sweep.best_params["width"] == 8      # fixed ones included
+    assert "learning_rate" in sweep.best_params
+    assert len(sweep.best_metrics["confusion_matrix"]) == 10 and 0 < sweep.best_metrics["macro_f1"] <= 1
+    assert loaded.summary is None and loaded.best_value == sweep.best_value and loaded.config == sweep.config
+    assert repr(loaded).startswith("Sweep('served', trials=2")
+
+
+def _get(url: str) -> Any:
+    with urllib.request.urlopen(url, timeout=10) as r:
+        body = r.read()
+        return json.loads(body) if r.headers.get_content_type() == "application/json" else body
+
+
+def test_dashboard_serves_the_study_on_loopback_with_curves_and_artifacts(finished: dict[str, Any]) -> None:
+    port = _free_port()
+    proc = start_cli("dashboard", "served", "--storage", finished["url"], "--port", str(port))
+    try:
+        line = proc.stdout.readline()
+        assert f"http://127.0.0.1:{port}/dashboard/studies/" in line, line + proc.stderr.read()
+        listening = {c.laddr.ip for c in psutil.Process(proc.pid).net_connections(kind="inet")
+                     if c.status == psutil.CONN_LISTEN and c.laddr.port == port}
+        assert listening == {"127.0.0.1"}
+        studies = {s["study_name"]: s for s in _get(f"http://127.0.0.1:{port}/api/studies")["study_summaries"]}
+        study_id = studies["served"]["study_id"]
+        detail = _get(f"http://127.0.0.1:{port}/api/studies/{study_id}")
+        assert len(detail["trials"]) == 2
+        for trial in detail["trials"]:
+            assert len(trial["intermediate_values"]) == 2                     # learning curves
+            assert {a["key"] for a in trial["user_attrs"]} >= {"macro_f1", "confusion_matrix", "seed"}
+            [artifact] = trial["artifacts"]
+            assert artifact["mimetype"] == "image/png"
+            png = _get(f"http://127.0.0.1:{port}/artifacts/{study_id}/{trial['trial_id']}/{artifact['artifact_id']}")
+            assert png[:8] == b"\x89PNG\r\n\x1a\n"
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=30)
+
+
+def test_dashboard_on_a_taken_port_is_one_clear_line(finished: dict[str, Any]) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = run_cli("dashboard", "served", "--storage", finished["url"], "--port", str(port), timeout=60)
+    assert result.returncode == 2 and "choose another --port" in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("fmt, quantize", [("keras", "none"), ("saved_model", "none"), ("tflite", "int8")])
+def test_export_round_trips(finished: dict[str, Any], tmp_path: Path, fmt: str, quantize: str) -> None:
+    """Export the best model, load it back the way a server would, and predict the held-out images."""
+    import numpy as np
+
+    from sweeps.export import tflite_predict
+    from workers import data
+
+    result = run_cli("export", "served", "--storage", finished["url"], "--format", fmt, "--quantize", quantize,
+                     "--out", str(tmp_path), "--json", timeout=400)
+    assert result.returncode == 0, result.stderr[-3000:]
+    e = json.loads(result.stdout)
+    assert e["source"] == "checkpoint" and e["trial"] == finished["sweep"].best_trial.number
+    assert e["accuracy_original"] == pytest.approx(finished["sweep"].best_value, abs=0.02)
+    assert e["size_bytes"] > 0 and e["flagged"] == (e["accuracy_exported"] < e["accuracy_original"] - 0.01)
+
+    arrays = data.load({"name": "digits", "val_fraction": 0.2}, seed=0)
+    x = arrays.x_val.astype("float32")
+    if fmt == "keras":
+        import keras
+
+        assert e["path"] == str(tmp_path / "served.keras")
+        probabilities = keras.models.load_model(e["path"]).predict(x, verbose=0)
+    elif fmt == "saved_model":
+        import tensorflow as tf
+
+        assert e["path"] == str(tmp_path / "served" / "1") and (tmp_path / "served" / "1" / "saved_model.pb").exists()
+        served = tf.saved_model.load(e["path"])      # kept: its variables live as long as it does
+        probabilities = served.serve(tf.constant(x)).numpy()
+    else:
+        assert e["path"].endswith("served-int8.tflite")
+        probabilities = tflite_predict(e["path"])(x)
+    accuracy = float(np.mean(np.argmax(probabilities, axis=1) == arrays.y_val))
+    assert accuracy == pytest.approx(e["accuracy_exported"], abs=1e-6)
+    assert accuracy > 0.5
+
+
+def test_export_retrains_when_no_checkpoint_was_kept(finished: dict[str, Any], tmp_path: Path) -> None:
+    import shutil
+
+    shutil.rmtree(finished["folder"] / "sweeps_artifacts")       # as after keep_best: 0, or another machine
+    result = run_cli("export", "served", "--storage", finished["url"], "--format", "keras", "--out", str(tmp_path),
+                     timeout=400)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "retraining it" in result.stderr and "(retrained)" in result.stdout
+    original, exported = (float(v.strip(",")) for v in result.stdout.split("original ")[1].split(" exported "))
+    assert exported == pytest.approx(original, abs=1e-6)
+    assert original == pytest.approx(finished["sweep"].best_value, abs=0.05)    # the same seed, on the CPU
+
+
+def test_report_writes_html_and_plots(finished: dict[str, Any], tmp_path: Path) -> None:
+    result = run_cli("report", "served", "--storage", finished["url"], "--out", str(tmp_path / "r"), "--json",
+                     timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    r = json.loads(result.stdout)
+    assert set(r["images"]) >= {"optimization_history", "parallel_coordinate", "intermediate_values",
+                                "confusion_matrix"}
+    for path in r["images"].values():
+        assert Path(path).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    page = Path(r["html"]).read_text()
+    assert "Study served" in page and "confusion_matrix.png" in page and "Best trials" in page
+    best = finished["sweep"].best_trial
+    assert f"trial {best.number}" in page and f"{best.value:.4f}" in page

@@ -86,16 +86,28 @@ class TrainerWorker:
         import keras  # noqa: F401  (imported now, not in the first trial)
 
         self.devices = [d.name for d in tf.config.list_logical_devices()]
+        gpus = [d for d in self.devices if ":GPU:" in d]
+        self.device = gpus[0] if gpus else "CPU"
+        self._info: dict[str, Any] | None = None
 
     def info(self) -> dict[str, Any]:
-        return {"node": socket.gethostname(), "pid": os.getpid(), "python": platform.python_version(),
-                "devices": self.devices}
+        """Where trials run: stored on each trial (user attrs node, node_ip, host, device)."""
+        if self._info is None:
+            import ray
+
+            node = ray.get_runtime_context().get_node_id()
+            ip = next((n["NodeManagerAddress"] for n in ray.nodes() if n["NodeID"] == node), "")
+            self._info = {"node": node, "node_ip": ip, "host": socket.gethostname(), "worker_pid": os.getpid(),
+                          "device": self.device, "python": platform.python_version()}
+        return dict(self._info)
 
     def train(self, spec: TrialSpec, data: Any, broker: Any) -> TrialResult:
         from workers.trainer import train_trial
 
         try:
-            return train_trial(spec, data, BrokerReporter(broker))
+            result = train_trial(spec, data, BrokerReporter(broker))
+            result.metrics.update(self.info())
+            return result
         except Exception as e:  # the trial fails; the worker stays usable
             last = traceback.extract_tb(e.__traceback__)[-1:] or [None]
             where = f" ({os.path.basename(last[0].filename)}:{last[0].lineno})" if last[0] else ""

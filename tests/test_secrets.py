@@ -1,0 +1,85 @@
+"""A database password planted in the storage URL must not appear anywhere sweeps writes or prints."""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import uuid
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+import sqlalchemy
+
+from sweeps.storage import driver_url
+from tests.conftest import ADMIN_URL, run_cli, write_space
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture()
+def password_url() -> Iterator[tuple[str, str]]:
+    """A role with a planted password and its own database, dropped afterwards."""
+    password = f"planted-{uuid.uuid4().hex}"
+    role = f"sweeps_pw_{uuid.uuid4().hex[:8]}"
+    admin = sqlalchemy.create_engine(driver_url(ADMIN_URL), isolation_level="AUTOCOMMIT")
+    with admin.connect() as c:
+        c.execute(sqlalchemy.text(f"CREATE ROLE {role} LOGIN PASSWORD '{password}'"))
+        c.execute(sqlalchemy.text(f'CREATE DATABASE "{role}" OWNER {role}'))
+    host = sqlalchemy.engine.make_url(driver_url(ADMIN_URL))
+    try:
+        yield f"postgresql://{role}:{password}@{host.host}:{host.port or 5432}/{role}", password
+    finally:
+        with admin.connect() as c:
+            c.execute(sqlalchemy.text(f'DROP DATABASE IF EXISTS "{role}" WITH (FORCE)'))
+            c.execute(sqlalchemy.text(f"DROP ROLE IF EXISTS {role}"))
+        admin.dispose()
+
+
+def _files_under(folder: Path) -> list[Path]:
+    return [p for p in folder.rglob("*") if p.is_file()]
+
+
+def test_planted_password_appears_nowhere(password_url: tuple[str, str], tmp_path: Path) -> None:
+    url, password = password_url
+    secret = password.encode()
+    ray_sessions_before = set(glob.glob("/tmp/ray/session_*"))
+    space = write_space(tmp_path, study="secret", budget={"n_trials": 2}, parallel=1, epochs=2,
+                        pruner={"name": "none"}, checkpoints={"store": str(tmp_path / "artifacts")})
+    printed = []
+    for args in (["run", str(space), "--storage", url],
+                 ["status", "secret", "--storage", url], ["status", "secret", "--storage", url, "--json"],
+                 ["best", "secret", "--storage", url, "--json"], ["ls", "--storage", url],
+                 ["report", "secret", "--storage", url, "--out", str(tmp_path / "report")],
+                 ["export", "secret", "--storage", url, "--format", "keras", "--out", str(tmp_path / "model")],
+                 ["run", str(space), "--storage", url]):            # fails: the study exists (an error line)
+        result = run_cli(*args, cwd=tmp_path, timeout=400)
+        printed.append(result.stdout + result.stderr)
+    assert printed[0].count("complete") >= 1 and "already exists" in printed[-1]
+    for text in printed:
+        assert password not in text
+    assert any("***" in text for text in printed)     # URLs are shown, masked
+
+    # Everything written: report, exported model, checkpoints and artifacts, the working folder.
+    written = _files_under(tmp_path)
+    assert any(p.suffix == ".html" for p in written) and any(p.suffix == ".keras" for p in written)
+    for path in written:
+        assert secret not in path.read_bytes(), path
+
+    # Everything stored in the database: study and trial attributes, system attributes included.
+    engine = sqlalchemy.create_engine(driver_url(url))
+    with engine.connect() as c:
+        for table in ("study_user_attributes", "study_system_attributes", "trial_user_attributes",
+                      "trial_system_attributes", "trial_params", "studies"):
+            rows = c.execute(sqlalchemy.text(f"SELECT * FROM {table}")).all()
+            assert password not in json.dumps([list(map(str, r)) for r in rows]), table
+    engine.dispose()
+
+    # Ray's logs of the sweep (the driver's command line included).
+    new_sessions = set(glob.glob("/tmp/ray/session_*")) - ray_sessions_before
+    assert new_sessions, "the sweep should have started a local Ray"
+    for session in new_sessions:
+        for path in _files_under(Path(session)):
+            if path.is_file() and not path.is_symlink() and os.path.getsize(path) < 50_000_000:
+                assert secret not in path.read_bytes(), path

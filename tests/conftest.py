@@ -18,6 +18,22 @@ import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
+ARTIFACTS = ROOT / "test-artifacts"          # screenshots and the like, kept for CI (git-ignored)
+SAVED: list[Path] = []
+
+
+def keep_artifact(name: str) -> Path:
+    """A path under test-artifacts/ that the session summary lists."""
+    ARTIFACTS.mkdir(exist_ok=True)
+    path = ARTIFACTS / name
+    SAVED.append(path)
+    return path
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    for path in SAVED:
+        if path.exists():
+            terminalreporter.write_line(f"test artifact: {path}")
 ADMIN_URL = os.environ.get("SWEEPS_TEST_PG_ADMIN", "postgresql://postgres@127.0.0.1:5432/postgres")
 
 

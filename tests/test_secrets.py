@@ -26,6 +26,7 @@ def password_url() -> Iterator[tuple[str, str]]:
     admin = sqlalchemy.create_engine(driver_url(ADMIN_URL), isolation_level="AUTOCOMMIT")
     with admin.connect() as c:
         c.execute(sqlalchemy.text(f"CREATE ROLE {role} LOGIN PASSWORD '{password}'"))
+        c.execute(sqlalchemy.text(f"GRANT {role} TO CURRENT_USER"))    # a non-superuser admin may then own-assign
         c.execute(sqlalchemy.text(f'CREATE DATABASE "{role}" OWNER {role}'))
     host = sqlalchemy.engine.make_url(driver_url(ADMIN_URL))
     try:

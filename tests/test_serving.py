@@ -14,7 +14,7 @@ from typing import Any, Iterator
 import psutil
 import pytest
 
-from tests.conftest import TINY_SPACE, run_cli, start_cli
+from tests.conftest import TINY_SPACE, keep_artifact, run_cli, start_cli
 
 pytestmark = pytest.mark.slow
 
@@ -156,3 +156,47 @@ def test_report_writes_html_and_plots(finished: dict[str, Any], tmp_path: Path) 
     assert "Study served" in page and "confusion_matrix.png" in page and "Best trials" in page
     best = finished["sweep"].best_trial
     assert f"trial {best.number}" in page and f"{best.value:.4f}" in page
+
+
+def test_browser_sees_the_study_in_the_dashboard(finished: dict[str, Any]) -> None:
+    """Headless Debian chromium (driven by Selenium) opens the dashboard served on loopback."""
+    import shutil
+
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    browser_path, driver_path = shutil.which("chromium"), shutil.which("chromedriver")
+    assert browser_path and driver_path, "install Debian's chromium and chromium-driver (.ci/run does)"
+    port = _free_port()
+    proc = start_cli("dashboard", "served", "--storage", finished["url"], "--port", str(port))
+    options = webdriver.ChromeOptions()
+    options.binary_location = browser_path
+    for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1400,900"):
+        options.add_argument(flag)
+    driver = None
+    try:
+        url = proc.stdout.readline().split(" at ", 1)[1].split()[0]
+        driver = webdriver.Chrome(service=Service(driver_path), options=options)
+        driver.get(f"http://127.0.0.1:{port}/dashboard")
+        WebDriverWait(driver, 60).until(lambda d: "served" in d.find_element(By.TAG_NAME, "body").text)
+        listing = driver.find_element(By.TAG_NAME, "body").text
+        driver.get(url)
+        WebDriverWait(driver, 60).until(lambda d: "Best Trial" in d.find_element(By.TAG_NAME, "body").text)
+        page = driver.find_element(By.TAG_NAME, "body").text
+        best = finished["sweep"].best_trial
+        assert "served" in listing and "served" in page and f"Best Trial (number={best.number})" in page
+        driver.get(f"{url}/trials")                        # the trial list: one entry per trial
+        WebDriverWait(driver, 60).until(lambda d: "Trial 1" in d.find_element(By.TAG_NAME, "body").text)
+        trial_list = driver.find_element(By.TAG_NAME, "body").text
+        shot = keep_artifact("dashboard.png")
+        assert driver.save_screenshot(str(shot)) and shot.read_bytes()[:4] == b"\x89PNG"
+        numbers = {line.split()[1] for line in trial_list.splitlines() if line.startswith("Trial ")
+                   and len(line.split()) >= 2 and line.split()[1].isdigit()}
+        assert numbers == {"0", "1"} and "2 Trials" in trial_list, trial_list[:2000]
+    finally:
+        if driver is not None:
+            driver.quit()
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=30)

@@ -503,7 +503,14 @@ def _first_line(e: BaseException) -> str:
 
 def _start_ray(address: str | None) -> None:
     """A private local Ray on loopback, or the cluster at ``address``."""
+    import importlib.util
+
     import ray
+
+    if not address and (importlib.util.find_spec("tensorflow") is None or importlib.util.find_spec("keras") is None):
+        raise SweepsError("TensorFlow is not installed here, and the local Ray workers need it to train: "
+                          "pip install 'sweeps[tf]' (or 'sweeps[gpu]'), or send trials to a cluster that has it "
+                          "with --ray-address")
 
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     kwargs: dict[str, Any] = {"logging_level": logging.ERROR, "log_to_driver": False, "include_dashboard": False,

@@ -64,3 +64,14 @@ def test_empty_dataset_folder_fails_before_any_trial(tmp_path: Path) -> None:
 def test_debug_shows_the_traceback(tmp_path: Path) -> None:
     result = run_cli("--debug", "status", "x", "--storage", f"sqlite:///{tmp_path}/missing.db", cwd=tmp_path, timeout=60)
     assert result.returncode != 0 and "Traceback" in result.stderr
+
+
+def test_control_plane_modules_never_import_tensorflow() -> None:
+    import subprocess
+    import sys
+
+    code = ("import sys, sweeps.api, sweeps.coordinator, sweeps.dashboard, sweeps.report, sweeps.summary; "
+            "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'keras')); "
+            "print(bad); sys.exit(1 if bad else 0)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr

@@ -26,6 +26,7 @@ from workers import checkpoint as ckpt
 from workers import data as datasets
 from workers.spec import PARAMETER_DEFAULTS, Decision, EpochReport, TrialSpec
 
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")    # TensorFlow's start-up chatter is not progress
 FORMATS = ("keras", "saved_model", "tflite")
 QUANTIZE = ("none", "float16", "int8")
 FLAG_DROP = 0.01      # a quantised model more than 1 point below the original is flagged
@@ -42,6 +43,7 @@ class Exported:
     accuracy_original: float
     accuracy_exported: float
     flagged: bool
+    attached: bool = False         # recorded as a study artifact (single files only)
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -101,7 +103,24 @@ def export_best(study_name: str, storage_url: str | None, *, fmt: str, out: str,
         exported = _accuracy(tflite_predict(path), data)
         size = os.path.getsize(path)
     flagged = quantize != "none" and exported < original - FLAG_DROP
-    return Exported(path, fmt, quantize, size, best.number, source, original, exported, flagged)
+    attached = _attach(study, config, path)
+    if attached:
+        say(f"attached {os.path.basename(path)} to the study: optuna-dashboard lists it under the study's artifacts")
+    return Exported(path, fmt, quantize, size, best.number, source, original, exported, flagged, attached)
+
+
+def _attach(study: Any, config: Any, path: str) -> bool:
+    """Record a single-file export as a study artifact (the best model file, in the dashboard)."""
+    from optuna.artifacts import upload_artifact
+
+    from sweeps.dashboard import artifact_store
+
+    store = artifact_store(config.checkpoint_store)
+    if store is None or not os.path.isfile(path):
+        return False
+    upload_artifact(study_or_trial=study, file_path=path, artifact_store=store,
+                    mimetype="application/octet-stream")
+    return True
 
 
 def _safe(name: str) -> str:

@@ -109,6 +109,15 @@ def test_export_round_trips(finished: dict[str, Any], tmp_path: Path, fmt: str, 
     assert e["accuracy_original"] == pytest.approx(finished["sweep"].best_value, abs=0.02)
     assert e["size_bytes"] > 0 and e["flagged"] == (e["accuracy_exported"] < e["accuracy_original"] - 0.01)
 
+    assert e["attached"] == (fmt != "saved_model")               # single files become study artifacts
+    if e["attached"]:
+        import optuna
+        from optuna.artifacts import get_all_artifact_meta
+
+        study = optuna.load_study(study_name="served", storage=finished["url"])
+        names = {meta.filename for meta in get_all_artifact_meta(study)}
+        assert Path(e["path"]).name in names
+
     arrays = data.load({"name": "digits", "val_fraction": 0.2}, seed=0)
     x = arrays.x_val.astype("float32")
     if fmt == "keras":

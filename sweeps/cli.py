@@ -75,10 +75,19 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print as JSON")
 
     p = command("best", "the best trial's value, parameters and metrics",
-                "sweeps best mnist-a --storage postgresql://user:pw@host/db --json")
+                "sweeps best mnist-a --storage postgresql://user:pw@host/db --evaluate")
     p.add_argument("study", help="study name")
     _storage_option(p)
+    p.add_argument("--evaluate", action="store_true",
+                   help="also measure the best model on the held-out test split (needs TensorFlow)")
     p.add_argument("--json", action="store_true", help="print as JSON")
+
+    p = command("rerun", "train one trial's configuration again (same parameters, seed, epochs) and compare",
+                "sweeps rerun mnist-a 7 --storage postgresql://user:pw@host/db")
+    p.add_argument("study", help="study name")
+    p.add_argument("trial", type=int, help="trial number")
+    _storage_option(p)
+    _output_options(p, "the comparison")
 
     p = command("dashboard", "open optuna-dashboard on the study storage (learning curves, metrics, artifacts)",
                 "sweeps dashboard digits-demo --storage sqlite:///sweeps.db --port 8080")
@@ -190,6 +199,11 @@ def _best(args: argparse.Namespace) -> int:
     from sweeps.summary import best
 
     b = best(args.study, args.storage)
+    if args.evaluate:
+        from sweeps.trained import evaluate, load_trained
+
+        trained = load_trained(args.study, args.storage, say=_say(args))
+        b["test"] = {"source": trained.source, **evaluate(trained)}
     if args.json:
         print(json.dumps(b, indent=2))
         return 0
@@ -198,6 +212,24 @@ def _best(args: argparse.Namespace) -> int:
         print(f"  {k}: {_fmt(v)}")
     for k, v in b["metrics"].items():
         print(f"  {k} = {_fmt(v)}")
+    if "test" in b:
+        t = b["test"]
+        print(f"held-out test split ({t['n_test']} images, model from {t['source']}): accuracy {t['accuracy']:.4f}, "
+              f"macro precision {t['macro_precision']:.4f}, recall {t['macro_recall']:.4f}, F1 {t['macro_f1']:.4f}")
+        print("  per-class recall: " + ", ".join(f"{r:.3f}" for r in t["per_class_recall"]))
+    return 0
+
+
+def _rerun(args: argparse.Namespace) -> int:
+    from sweeps.trained import rerun
+
+    r = rerun(args.study, args.storage, args.trial, say=_say(args))
+    if args.json:
+        print(json.dumps(r, indent=2))
+        return 0
+    print(f"trial {r['trial']} ({r['state'].lower()}, {r['epochs']} epochs, seed {r['seed']}): stored "
+          f"{r['stored_value']:.4f}, rerun {r['rerun_value']:.4f} ({r['difference_points']:+.2f} points)"
+          + ("" if r["within_half_point"] else "  WARNING: more than 0.5 points apart"))
     return 0
 
 
@@ -232,7 +264,7 @@ def _dashboard(args: argparse.Namespace) -> int:
 
 def _say(args: argparse.Namespace) -> Callable[[str], None]:
     """Progress lines of long commands go to stderr, unless --quiet or --json."""
-    if args.quiet or args.json:
+    if getattr(args, "quiet", False) or args.json:
         return lambda line: None
     return lambda line: print(line, file=sys.stderr, flush=True)
 
@@ -266,7 +298,7 @@ def _report(args: argparse.Namespace) -> int:
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "run": _run, "resume": _resume, "status": _status, "best": _best, "ls": _ls, "dashboard": _dashboard,
-    "export": _export, "report": _report,
+    "export": _export, "report": _report, "rerun": _rerun,
 }
 
 

@@ -15,7 +15,7 @@ from typing import Any
 import yaml
 
 from sweeps.errors import SweepsError
-from workers.spec import ARCHITECTURES, METRICS, OPTIMIZERS, PARAMETER_DEFAULTS
+from workers.spec import ARCHITECTURES, CLASS_WEIGHTS, METRICS, OPTIMIZERS, PARAMETER_DEFAULTS, SAMPLING
 
 DATASETS = ("digits", "mnist", "npz", "folder")
 SAMPLER_OPTIONS = {
@@ -34,7 +34,7 @@ PRUNER_OPTIONS = {
 }
 TOP_LEVEL_KEYS = {
     "study", "metric", "dataset", "epochs", "seed", "sampler", "pruner",
-    "budget", "parallel", "resources", "parameters", "recovery", "checkpoints",
+    "budget", "parallel", "resources", "parameters", "recovery", "checkpoints", "deterministic",
 }
 RECOVERY_DEFAULTS: dict[str, float] = {
     "max_retries": 2,           # retries of one configuration after worker faults
@@ -54,7 +54,7 @@ PARAMETER_BOUNDS: dict[str, tuple[float, float, bool, bool]] = {
     "width": (1, 1024, True, True),
     "depth": (1, 16, True, True),
 }
-CHOICES = {"optimizer": OPTIMIZERS, "architecture": ARCHITECTURES}
+CHOICES = {"optimizer": OPTIMIZERS, "architecture": ARCHITECTURES, "class_weight": CLASS_WEIGHTS, "sampling": SAMPLING}
 
 
 class ConfigError(SweepsError):
@@ -105,12 +105,14 @@ class DatasetConfig:
     color: str = "grayscale"                   # folders: grayscale | rgb
     val_fraction: float = 0.2
     flip: bool = False                         # horizontal flips keep the label
+    test_fraction: float = 0.1                 # held out before the sweep, for `best --evaluate` only
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "name": self.name, "path": self.path,
             "image_size": list(self.image_size) if self.image_size else None,
-            "color": self.color, "val_fraction": self.val_fraction, "flip": self.flip,
+            "color": self.color, "val_fraction": self.val_fraction, "test_fraction": self.test_fraction,
+            "flip": self.flip,
         }
 
 
@@ -136,6 +138,7 @@ class SweepConfig:
     database_timeout: float = 300.0
     checkpoint_store: str | None = None   # folder or s3://bucket/prefix; None: decided from the storage URL
     keep_best: int = 3                    # finished trials whose last checkpoint is kept
+    deterministic: bool = False           # TensorFlow op determinism: `rerun` repeats a value exactly
 
     def to_dict(self) -> dict[str, Any]:
         """The resolved config, in the YAML's own shape (JSON-safe)."""
@@ -145,6 +148,7 @@ class SweepConfig:
             "dataset": self.dataset.to_dict(),
             "epochs": self.epochs,
             "seed": self.seed,
+            "deterministic": self.deterministic,
             "sampler": dict(self.sampler),
             "pruner": dict(self.pruner),
             "budget": {"n_trials": self.n_trials, "timeout": self.timeout},
@@ -205,6 +209,9 @@ def from_dict(raw: Any, *, source: str, base_dir: str | None = None) -> SweepCon
     dataset = v.dataset(raw.get("dataset"), base_dir)
     epochs = v.integer("epochs", raw.get("epochs", 10), low=1)
     seed = v.integer("seed", raw.get("seed", 0), low=0)
+    deterministic = raw.get("deterministic", False)
+    if not isinstance(deterministic, bool):
+        v.fail("deterministic", f"must be true or false, got {deterministic!r}")
     sampler = v.component("sampler", raw.get("sampler", "tpe"), SAMPLER_OPTIONS)
     sampler.setdefault("seed", seed)
     sampler["seed"] = v.integer("sampler.seed", sampler["seed"], low=0)
@@ -255,7 +262,7 @@ def from_dict(raw: Any, *, source: str, base_dir: str | None = None) -> SweepCon
         n_trials=n_trials, timeout=timeout, parallel=parallel, cpus=float(cpus), gpus=float(gpus),
         max_retries=max_retries, heartbeat_interval=timing["heartbeat_interval"],
         grace_period=timing["grace_period"], database_timeout=timing["database_timeout"],
-        checkpoint_store=store, keep_best=keep_best,
+        checkpoint_store=store, keep_best=keep_best, deterministic=deterministic,
     )
 
 
@@ -318,7 +325,8 @@ class _Validator:
             raw = {"name": raw}
         if not isinstance(raw, dict):
             self.fail("dataset", "must be a name or a mapping with name and path")
-        self.unknown_keys("dataset", raw, {"name", "path", "image_size", "color", "val_fraction", "flip"})
+        self.unknown_keys("dataset", raw, {"name", "path", "image_size", "color", "val_fraction", "test_fraction",
+                                           "flip"})
         name = raw.get("name")
         if name not in DATASETS:
             self.fail("dataset.name", f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
@@ -342,12 +350,16 @@ class _Validator:
         val_fraction = self.number("dataset.val_fraction", raw.get("val_fraction", 0.2), low=0, low_ok=False)
         if val_fraction >= 1:
             self.fail("dataset.val_fraction", f"must be below 1, got {val_fraction}")
+        test_fraction = self.number("dataset.test_fraction", raw.get("test_fraction", 0.1), low=0)
+        if val_fraction + test_fraction >= 1:
+            self.fail("dataset.test_fraction", f"val_fraction + test_fraction must stay below 1, got "
+                                               f"{val_fraction} + {test_fraction}")
         flip = raw.get("flip", False)
         if not isinstance(flip, bool):
             self.fail("dataset.flip", f"must be true or false, got {flip!r}")
         if flip and name in ("digits", "mnist"):
             self.fail("dataset.flip", "digits change meaning when flipped; leave flip off for digits and mnist")
-        return DatasetConfig(name, path, size, color, float(val_fraction), flip)
+        return DatasetConfig(name, path, size, color, float(val_fraction), flip, float(test_fraction))
 
     def component(self, key: str, raw: Any, options: dict[str, set[str]]) -> dict[str, Any]:
         if isinstance(raw, str):

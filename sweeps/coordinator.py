@@ -299,7 +299,7 @@ class Coordinator:
         tally = self._count()
         slots = max(1, min(cfg.parallel, self.n_trials - tally.finished))
         idle = [worker_cls.remote(threads) for _ in range(slots)]
-        data_ref = ray.put(self.arrays)
+        data_ref = ray.put(self.arrays.training_only())     # the test split never reaches a trial
         in_flight: dict[Any, tuple[int, Any]] = {}     # result ref -> (trial number, worker)
         self.progress.last = f"starting {slots} worker(s)"
         self.on_progress(self.progress)
@@ -379,7 +379,7 @@ class Coordinator:
         spec = TrialSpec(number=trial.number, params=space.trial_params(chosen), epochs=self.config.epochs,
                          seed=seed, metric=self.config.metric, flip=self.config.dataset.flip,
                          threads=max(1, int(self.config.cpus)), checkpoint=checkpoint,
-                         save_checkpoints=self.checkpoints is not None)
+                         save_checkpoints=self.checkpoints is not None, deterministic=self.config.deterministic)
         return trial.number, spec
 
     def _relay(self, report: EpochReport) -> Decision:

@@ -18,13 +18,8 @@ from typing import Any, Callable
 
 import numpy as np
 
-from sweeps import recovery
-from sweeps.checkpoints import CheckpointStore
-from sweeps.coordinator import UID_ATTR, load_config, load_study, trial_seed
 from sweeps.errors import SweepsError
-from workers import checkpoint as ckpt
 from workers import data as datasets
-from workers.spec import PARAMETER_DEFAULTS, Decision, EpochReport, TrialSpec
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")    # TensorFlow's start-up chatter is not progress
 FORMATS = ("keras", "saved_model", "tflite")
@@ -57,28 +52,13 @@ def export_best(study_name: str, storage_url: str | None, *, fmt: str, out: str,
         raise SweepsError(f"unknown quantisation {quantize!r}; choose one of {', '.join(QUANTIZE)}")
     if quantize != "none" and fmt != "tflite":
         raise SweepsError("--quantize applies to --format tflite only")
-    study = load_study(study_name, storage_url)
-    config = load_config(study)
-    try:
-        best = study.best_trial
-    except ValueError:
-        raise SweepsError(f"study {study_name!r} has no completed trial to export yet") from None
-    say(f"loading the data of study {study_name}")
-    try:
-        data = datasets.load(config.dataset.to_dict(), seed=config.seed)
-    except datasets.DatasetError as e:
-        raise SweepsError(f"the dataset of study {study_name!r} is not reachable here: {e}") from None
-    params = {**PARAMETER_DEFAULTS, **best.params, **best.user_attrs.get("fixed_params", {})}
+    from sweeps.trained import load_trained
+
+    t = load_trained(study_name, storage_url, say=say)
+    study, config, best, data, model, source = t.study, t.config, t.trial, t.data, t.model, t.source
 
     import keras
 
-    from workers import augment, models
-
-    weights, source = _best_weights(study, config, best, params, data, say)
-    trained = models.build(params, data.input_shape, data.n_classes,
-                           augment.layers(params["augment"], config.dataset.flip, seed=0))
-    trained.set_weights(weights)
-    model = _without_augmentation(trained, params, data)
     original = _accuracy(lambda x: model.predict(x, batch_size=256, verbose=0), data)
 
     os.makedirs(out, exist_ok=True)
@@ -125,57 +105,6 @@ def _attach(study: Any, config: Any, path: str) -> bool:
 
 def _safe(name: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
-
-
-def _best_weights(study: Any, config: Any, best: Any, params: dict[str, Any], data: datasets.Arrays,
-                  say: Callable[[str], None]) -> tuple[list[np.ndarray], str]:
-    uid = study.user_attrs.get(UID_ATTR)
-    if config.checkpoint_store and uid:
-        try:
-            store = CheckpointStore(config.checkpoint_store, f"{study.study_name}-{uid}")
-            raw = store.load(recovery.config_id(best.number, best.user_attrs))
-        except SweepsError:
-            raw = None
-        if raw is not None:
-            state = ckpt.unpack(raw)
-            return (state.best_weights if state.best_weights is not None else state.weights), "checkpoint"
-    say(f"no checkpoint kept for trial {best.number}: retraining it ({config.epochs} epochs, seed "
-        f"{best.user_attrs.get('seed')})")
-    from workers.trainer import train_trial
-
-    class KeepLast:
-        last: bytes | None = None
-
-        def report(self, report: EpochReport) -> Decision:
-            self.last = report.checkpoint
-            return Decision.CONTINUE
-
-    reporter = KeepLast()
-    seed = best.user_attrs.get("seed", trial_seed(config.seed, best.number))
-    train_trial(TrialSpec(best.number, params, config.epochs, seed, config.metric, config.dataset.flip,
-                          threads=os.cpu_count() or 1), data, reporter)
-    if reporter.last is None:
-        raise SweepsError(f"retraining trial {best.number} produced no epoch; check the dataset")
-    state = ckpt.unpack(reporter.last)
-    return (state.best_weights if state.best_weights is not None else state.weights), "retrained"
-
-
-def _without_augmentation(trained: Any, params: dict[str, Any], data: datasets.Arrays) -> Any:
-    """The same network without its (training-only) augmentation layers, weights copied layer by layer."""
-    from workers import models
-
-    plain = models.build(params, data.input_shape, data.n_classes, [])
-    source = [layer for layer in trained.layers if layer.weights and not _is_augmentation(layer)]
-    target = [layer for layer in plain.layers if layer.weights]
-    if len(source) != len(target):
-        raise SweepsError("the trained model and its serving copy differ in layers; report this as a bug")
-    for src, dst in zip(source, target):
-        dst.set_weights(src.get_weights())
-    return plain
-
-
-def _is_augmentation(layer: Any) -> bool:
-    return type(layer).__name__.startswith("Random")
 
 
 def _accuracy(predict: Callable[[np.ndarray], np.ndarray], data: datasets.Arrays) -> float:

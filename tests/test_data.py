@@ -94,3 +94,28 @@ def test_folder_errors(tmp_path: Path) -> None:
     (broken / "b" / "x.png").write_bytes(b"not a png")
     with pytest.raises(DatasetError, match=r"cannot read image .*x\.png"):
         data.load({"name": "folder", "path": str(broken)})
+
+
+def test_test_split_is_held_out_first_and_never_shared() -> None:
+    from sweeps.config import from_dict
+    from tests.conftest import TINY_SPACE
+
+    dataset = from_dict(TINY_SPACE, source="t").dataset.to_dict()     # defaults: val 0.2, test 0.1 of the whole
+    a = data.load(dataset, seed=0)
+    assert len(a.y_train) + len(a.y_val) + len(a.y_test) == 1797
+    assert abs(len(a.y_test) - 180) <= 1 and abs(len(a.y_val) - 360) <= 1
+    rows = [{x.tobytes() for x in part} for part in (a.x_train, a.x_val, a.x_test)]
+    duplicates_in_digits = 1797 - len(rows[0] | rows[1] | rows[2])     # a few digits images repeat exactly
+    assert len(rows[2] & (rows[0] | rows[1])) <= duplicates_in_digits
+    assert np.array_equal(data.load(dataset, seed=0).y_test, a.y_test)        # the same for every resume
+    only = a.training_only()
+    assert only.x_test is None and only.y_test is None and np.array_equal(only.x_val, a.x_val)
+    assert a.describe()["n_test"] == len(a.y_test) and only.describe()["n_test"] == 0
+
+
+def test_npz_test_arrays_are_used_as_given(tmp_path: Path) -> None:
+    x = np.random.default_rng(0).random((40, 6, 6)).astype("float32")
+    y = np.repeat([3, 7], 20)
+    np.savez(tmp_path / "t.npz", x_train=x, y_train=y, x_test=x[:6], y_test=y[:6])
+    a = data.load({"name": "npz", "path": str(tmp_path / "t.npz"), "val_fraction": 0.25, "test_fraction": 0.1})
+    assert len(a.y_test) == 6 and len(a.y_train) + len(a.y_val) == 40 and a.class_names == ("3", "7")

@@ -156,7 +156,7 @@ def test_killed_worker_process_is_retried_and_the_sweep_completes(tmp_path: Path
     _check_curves_continuous(trials)
     # keep_best: 1 -> only the best trial's configuration keeps its checkpoint (next to the SQLite file).
     best = _study(url, "worker-kill").best_trial
-    [folder] = (tmp_path / "sweeps_artifacts").iterdir()
+    [folder] = [p for p in (tmp_path / "sweeps_artifacts").iterdir() if p.is_dir()]   # beside it: dashboard PNGs
     kept = {p.name.split(".")[0] for p in folder.iterdir()}
     assert kept == {f"config-{best.user_attrs.get('config_id', best.number)}"}, kept
 

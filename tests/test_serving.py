@@ -93,7 +93,8 @@ def test_dashboard_on_a_taken_port_is_one_clear_line(finished: dict[str, Any]) -
     assert result.returncode == 2 and "choose another --port" in result.stderr and "Traceback" not in result.stderr
 
 
-@pytest.mark.parametrize("fmt, quantize", [("keras", "none"), ("saved_model", "none"), ("tflite", "int8")])
+@pytest.mark.parametrize("fmt, quantize", [("keras", "none"), ("saved_model", "none"), ("tflite", "float16"),
+                                          ("tflite", "int8")])
 def test_export_round_trips(finished: dict[str, Any], tmp_path: Path, fmt: str, quantize: str) -> None:
     """Export the best model, load it back the way a server would, and predict the held-out images."""
     import numpy as np
@@ -118,7 +119,7 @@ def test_export_round_trips(finished: dict[str, Any], tmp_path: Path, fmt: str, 
         names = {meta.filename for meta in get_all_artifact_meta(study)}
         assert Path(e["path"]).name in names
 
-    arrays = data.load({"name": "digits", "val_fraction": 0.2}, seed=0)
+    arrays = data.load(finished["sweep"].config.dataset.to_dict(), seed=0)    # the sweep's own split
     x = arrays.x_val.astype("float32")
     if fmt == "keras":
         import keras
@@ -132,7 +133,7 @@ def test_export_round_trips(finished: dict[str, Any], tmp_path: Path, fmt: str, 
         served = tf.saved_model.load(e["path"])      # kept: its variables live as long as it does
         probabilities = served.serve(tf.constant(x)).numpy()
     else:
-        assert e["path"].endswith("served-int8.tflite")
+        assert e["path"].endswith(f"served-{quantize}.tflite")
         probabilities = tflite_predict(e["path"])(x)
     accuracy = float(np.mean(np.argmax(probabilities, axis=1) == arrays.y_val))
     assert accuracy == pytest.approx(e["accuracy_exported"], abs=1e-6)
@@ -209,3 +210,28 @@ def test_browser_sees_the_study_in_the_dashboard(finished: dict[str, Any]) -> No
             driver.quit()
         proc.send_signal(signal.SIGINT)
         proc.wait(timeout=30)
+
+
+def test_best_evaluate_reports_the_held_out_test_split(finished: dict[str, Any]) -> None:
+    result = run_cli("best", "served", "--storage", finished["url"], "--evaluate", "--json", timeout=400)
+    assert result.returncode == 0, result.stderr[-3000:]
+    b = json.loads(result.stdout)
+    test = b["test"]
+    described = finished["sweep"].study.user_attrs["sweeps:dataset"]
+    assert test["n_test"] == described["n_test"] and abs(test["n_test"] - 180) <= 1   # 10% of digits, set aside
+    assert sum(map(sum, test["confusion_matrix"])) == test["n_test"] and len(test["per_class_recall"]) == 10
+    assert 0.3 < test["accuracy"] <= 1 and 0 < test["macro_f1"] <= 1
+    assert abs(test["accuracy"] - b["value"]) < 0.2          # same model, other images: close, not equal by design
+    text = run_cli("best", "served", "--storage", finished["url"], "--evaluate", timeout=400)
+    assert text.returncode == 0 and "held-out test split (" in text.stdout
+
+
+def test_rerun_reproduces_a_trial_within_half_a_point(finished: dict[str, Any]) -> None:
+    best = finished["sweep"].best_trial
+    result = run_cli("rerun", "served", str(best.number), "--storage", finished["url"], "--json", timeout=400)
+    assert result.returncode == 0, result.stderr[-3000:]
+    r = json.loads(result.stdout)
+    assert r["stored_value"] == pytest.approx(best.value) and r["epochs"] == 2 and r["seed"] == best.user_attrs["seed"]
+    assert r["within_half_point"], r
+    missing = run_cli("rerun", "served", "99", "--storage", finished["url"])
+    assert missing.returncode == 2 and "has no trial 99" in missing.stderr

@@ -108,3 +108,41 @@ def test_checkpoint_of_another_model_is_refused(digits: data.Arrays) -> None:
                      checkpoint=first.reports[-1].checkpoint)
     with pytest.raises(ValueError, match="optimizer variables"):
         train_trial(spec, digits, ListReporter())
+
+
+def test_deterministic_training_repeats_values_exactly(digits: data.Arrays) -> None:
+    spec = TrialSpec(number=0, params={**PARAMETER_DEFAULTS, "width": 8, "augment": 0.3}, epochs=2, seed=5,
+                     deterministic=True)
+    a, b = ListReporter(), ListReporter()
+    train_trial(spec, digits, a)
+    train_trial(spec, digits, b)
+    assert [r.value for r in a.reports] == [r.value for r in b.reports]
+    assert [r.logs["loss"] for r in a.reports] == [r.logs["loss"] for r in b.reports]
+
+
+def test_balancing_raises_macro_f1_on_an_imbalanced_subset(digits: data.Arrays) -> None:
+    """Class 0 cut to 10% of its training images: class weights and oversampling both beat doing nothing."""
+    zeros = np.flatnonzero(digits.y_train == 0)
+    keep = np.ones(len(digits.y_train), bool)
+    keep[zeros[len(zeros) // 10:]] = False
+    imbalanced = data.Arrays(digits.x_train[keep], digits.y_train[keep], digits.x_val, digits.y_val,
+                             digits.class_names)
+    assert np.bincount(imbalanced.y_train)[0] * 8 < np.bincount(imbalanced.y_train)[1:].min()
+    found = {}
+    for setting in ({}, {"class_weight": "balanced"}, {"sampling": "oversample"}):
+        spec = _spec(epochs=3, learning_rate=1e-2, width=8, **setting)
+        metrics = train_trial(spec, imbalanced, ListReporter()).metrics
+        found[next(iter(setting.values()), "none")] = (metrics["macro_f1"], metrics["per_class_recall"][0])
+    assert found["balanced"][0] > found["none"][0] and found["oversample"][0] > found["none"][0], found
+    assert found["balanced"][1] > found["none"][1] and found["oversample"][1] > found["none"][1], found
+
+
+def test_class_weights_and_oversampling_arithmetic() -> None:
+    from workers.trainer import class_weights, oversample
+
+    y = np.array([0] * 10 + [1] * 30 + [2] * 60)
+    w = class_weights(y, 4)
+    assert w[0] == pytest.approx(100 / 30) and w[2] == pytest.approx(100 / 180) and w[3] == 1.0
+    x = np.arange(100)
+    xo, yo = oversample(x, y, seed=0)
+    assert np.bincount(yo).tolist() == [60, 60, 60] and set(xo[yo == 0]) == set(range(10))

@@ -27,6 +27,12 @@ class Arrays:
     x_val: np.ndarray
     y_val: np.ndarray
     class_names: tuple[str, ...]
+    x_test: np.ndarray | None = None     # held out before the sweep; never sent to a trial
+    y_test: np.ndarray | None = None
+
+    def training_only(self) -> Arrays:
+        """What trials get: no test split, so nothing the sweep selects on can have seen it."""
+        return Arrays(self.x_train, self.y_train, self.x_val, self.y_val, self.class_names)
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -40,6 +46,7 @@ class Arrays:
         return {
             "input_shape": list(self.input_shape), "n_classes": self.n_classes,
             "n_train": int(len(self.y_train)), "n_val": int(len(self.y_val)),
+            "n_test": 0 if self.y_test is None else int(len(self.y_test)),
             "class_names": list(self.class_names),
         }
 
@@ -47,33 +54,40 @@ class Arrays:
 def load(dataset: dict[str, Any], seed: int = 0) -> Arrays:
     """Load the configured dataset (a ``DatasetConfig.to_dict()``) and split it."""
     name = dataset["name"]
-    x_val = y_val = None
+    x_val = y_val = x_test = y_test = None
     if name == "digits":
         x, y, names = _digits()
     elif name == "mnist":
         x, y, names = _mnist()
     elif name == "npz":
-        x, y, x_val, y_val, names = _npz(dataset["path"])
+        x, y, x_val, y_val, x_test, y_test, names = _npz(dataset["path"])
     elif name == "folder":
         x, y, names = _folder(dataset["path"], dataset.get("image_size"), dataset.get("color", "grayscale"))
     else:
         raise DatasetError(f"unknown dataset {name!r}")
+    test_fraction = dataset.get("test_fraction", 0.0)
+    val_fraction = dataset.get("val_fraction", 0.2)
+    if x_test is None and test_fraction > 0:      # first, so validation never shares an image with test
+        x, y, x_test, y_test = stratified_split(x, y, test_fraction, seed, "test")
+        val_fraction = val_fraction / (1.0 - test_fraction)     # both are fractions of the whole
     if x_val is None:
-        x, y, x_val, y_val = stratified_split(x, y, dataset.get("val_fraction", 0.2), seed)
-    return Arrays(x, y, x_val, y_val, tuple(names))
+        x, y, x_val, y_val = stratified_split(x, y, val_fraction, seed, "validation")
+    return Arrays(x, y, x_val, y_val, tuple(names), x_test, y_test)
 
 
-def stratified_split(x: np.ndarray, y: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, ...]:
+def stratified_split(x: np.ndarray, y: np.ndarray, fraction: float, seed: int,
+                     what: str = "validation") -> tuple[np.ndarray, ...]:
     """The same split for every trial and every resume: fixed seed, class proportions kept."""
     from sklearn.model_selection import train_test_split
 
+    key = "val_fraction" if what == "validation" else "test_fraction"
     counts = np.bincount(y)
     if (counts[counts > 0] < 2).any():
-        raise DatasetError("a class has a single example; a stratified validation split needs at least 2 per class")
+        raise DatasetError(f"a class has a single example; a stratified {what} split needs at least 2 per class")
     try:
         x_tr, x_va, y_tr, y_va = train_test_split(x, y, test_size=fraction, stratify=y, random_state=seed)
     except ValueError as e:
-        raise DatasetError(f"cannot split off {fraction:.0%} for validation: {e}; change dataset.val_fraction") from None
+        raise DatasetError(f"cannot split off {fraction:.0%} for {what}: {e}; change dataset.{key}") from None
     return x_tr, y_tr, x_va, y_va
 
 
@@ -140,24 +154,28 @@ def _npz(path: str) -> tuple[Any, ...]:
     for key in ("x_train", "y_train"):
         if key not in arrays:
             raise DatasetError(f"{path} has no {key!r} array (it has {', '.join(arrays) or 'none'}); save x_train and y_train")
-    if ("x_val" in arrays) != ("y_val" in arrays):
-        raise DatasetError(f"{path} has only one of x_val / y_val; give both or neither")
+    for split in ("val", "test"):
+        if (f"x_{split}" in arrays) != (f"y_{split}" in arrays):
+            raise DatasetError(f"{path} has only one of x_{split} / y_{split}; give both or neither")
     x, y = _scale(arrays["x_train"], f"{path}: x_train"), arrays["y_train"]
     if len(x) == 0:
         raise DatasetError(f"{path}: x_train is empty; the dataset needs images")
     if len(x) != len(y):
         raise DatasetError(f"{path}: x_train has {len(x)} images but y_train {len(y)} labels")
-    if "x_val" in arrays:
-        x_val, y_val = _scale(arrays["x_val"], f"{path}: x_val"), arrays["y_val"]
-        if len(x_val) == 0 or len(x_val) != len(y_val):
-            raise DatasetError(f"{path}: x_val and y_val must be non-empty and of equal length")
-        (y, y_val), names = _labels(y, y_val)
-    else:
-        x_val = y_val = None
-        (y,), names = _labels(y)
+    given = {}
+    for split in ("val", "test"):
+        if f"x_{split}" in arrays:
+            xs, ys = _scale(arrays[f"x_{split}"], f"{path}: x_{split}"), arrays[f"y_{split}"]
+            if len(xs) == 0 or len(xs) != len(ys):
+                raise DatasetError(f"{path}: x_{split} and y_{split} must be non-empty and of equal length")
+            given[split] = (xs, ys)
+    labels, names = _labels(y, *(ys for _, ys in given.values()))
+    y, rest = labels[0], dict(zip(given, labels[1:]))
     if len(names) < 2:
         raise DatasetError(f"{path}: the labels hold a single class; a classifier needs at least 2")
-    return x, y, x_val, y_val, names
+    x_val, y_val = (given["val"][0], rest["val"]) if "val" in given else (None, None)
+    x_test, y_test = (given["test"][0], rest["test"]) if "test" in given else (None, None)
+    return x, y, x_val, y_val, x_test, y_test, names
 
 
 def _folder(path: str, image_size: Any, color: str) -> tuple[np.ndarray, np.ndarray, list[str]]:

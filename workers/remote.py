@@ -79,8 +79,9 @@ class TrainerWorker:
         import tensorflow as tf
 
         tf.get_logger().setLevel("ERROR")   # retracing notices between trials are expected here
-        tf.config.threading.set_intra_op_parallelism_threads(max(1, threads))
-        tf.config.threading.set_inter_op_parallelism_threads(max(1, min(2, threads)))
+        from workers.trainer import configure_threads
+
+        configure_threads(threads)
         for gpu in tf.config.list_physical_devices("GPU"):
             tf.config.experimental.set_memory_growth(gpu, True)
         import keras  # noqa: F401  (imported now, not in the first trial)

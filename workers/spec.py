@@ -12,6 +12,8 @@ from typing import Any, Protocol
 
 OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
 ARCHITECTURES = ("simple_cnn", "resnet")
+CLASS_WEIGHTS = ("none", "balanced")      # balanced: each class weighs n / (k * count), as scikit-learn's
+SAMPLING = ("none", "oversample")         # oversample: repeat each class's images up to the largest class
 METRICS = {"val_accuracy": "maximize", "val_loss": "minimize"}
 
 # Every hyperparameter a trial understands, with the value it takes when the
@@ -28,6 +30,8 @@ PARAMETER_DEFAULTS: dict[str, Any] = {
     "architecture": "simple_cnn",
     "width": 32,                # filters of the first conv block
     "depth": 2,                 # conv blocks (simple_cnn) / residual blocks per stage (resnet)
+    "class_weight": "none",     # one of CLASS_WEIGHTS: for imbalanced data
+    "sampling": "none",         # one of SAMPLING: for imbalanced data
 }
 
 
@@ -57,6 +61,7 @@ class TrialSpec:
     threads: int = 1            # CPU threads TensorFlow may use
     checkpoint: bytes | None = None   # resume from this (workers/checkpoint.py) instead of epoch 0
     save_checkpoints: bool = True     # send a checkpoint with every epoch report
+    deterministic: bool = False       # TensorFlow op determinism (slower; repeats values exactly)
 
 
 @dataclass(frozen=True)

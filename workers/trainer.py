@@ -19,6 +19,17 @@ from workers.data import Arrays
 from workers.spec import Decision, EpochReport, Reporter, TrialResult, TrialSpec, TrialState
 
 
+def configure_threads(threads: int) -> None:
+    """TensorFlow's thread pools for this process: before its first op (a trial slot, or a rerun)."""
+    import tensorflow as tf
+
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(max(1, threads))
+        tf.config.threading.set_inter_op_parallelism_threads(max(1, min(2, threads)))
+    except RuntimeError:   # TensorFlow already started its pools in this process
+        pass
+
+
 def make_optimizer(params: dict[str, Any]) -> Any:
     import keras
 
@@ -82,6 +93,10 @@ def train_trial(spec: TrialSpec, data: Arrays, reporter: Reporter) -> TrialResul
     import keras
 
     keras.utils.set_random_seed(spec.seed)
+    if spec.deterministic:
+        import tensorflow as tf
+
+        tf.config.experimental.enable_op_determinism()
     params = spec.params
     model = models.build(params, data.input_shape, data.n_classes,
                          augment.layers(params["augment"], spec.flip, seed=spec.seed))
@@ -89,8 +104,12 @@ def train_trial(spec: TrialSpec, data: Arrays, reporter: Reporter) -> TrialResul
     maximize = spec.metric != "val_loss"
     callback = _report_callback(spec, reporter, maximize)
     start = _resume(model, spec.checkpoint, callback) if spec.checkpoint else 0
+    x, y = data.x_train, data.y_train
+    if params["sampling"] == "oversample":
+        x, y = oversample(x, y, spec.seed)
     started = time.perf_counter()
-    model.fit(data.x_train, data.y_train, batch_size=params["batch_size"], epochs=spec.epochs, initial_epoch=start,
+    model.fit(x, y, batch_size=params["batch_size"], epochs=spec.epochs, initial_epoch=start,
+              class_weight=class_weights(y, data.n_classes) if params["class_weight"] == "balanced" else None,
               validation_data=(data.x_val, data.y_val), callbacks=[callback], verbose=0, shuffle=True)
     seconds = time.perf_counter() - started
     callback.epochs_run = max(callback.epochs_run, start)
@@ -103,6 +122,25 @@ def train_trial(spec: TrialSpec, data: Arrays, reporter: Reporter) -> TrialResul
                  seconds_per_epoch=round(seconds / max(callback.epochs_run, 1), 4))
     found.update(start_epoch=start)
     return TrialResult(spec.number, callback.state, callback.best, callback.epochs_run, callback.reason, found)
+
+
+def class_weights(y: np.ndarray, n_classes: int) -> dict[int, float]:
+    """n / (k * count) per class, so every class weighs the same in the loss in total."""
+    counts = np.bincount(y, minlength=n_classes).astype("float64")
+    present = counts > 0
+    weights = np.ones(n_classes)
+    weights[present] = len(y) / (present.sum() * counts[present])
+    return {i: float(w) for i, w in enumerate(weights)}
+
+
+def oversample(x: np.ndarray, y: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Every class drawn up to the largest class's count (its own images repeated, in a seeded order)."""
+    rng = np.random.default_rng(seed)
+    counts = np.bincount(y)
+    chosen = [np.concatenate([idx, rng.choice(idx, counts.max() - len(idx))]) if len(idx) else idx
+              for idx in (np.flatnonzero(y == c) for c in range(len(counts)))]
+    order = rng.permutation(np.concatenate(chosen))
+    return x[order], y[order]
 
 
 def _resume(model: Any, data: bytes, callback: Any) -> int:

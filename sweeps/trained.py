@@ -1,0 +1,175 @@
+"""A finished trial's trained model: from its kept checkpoint, or retrained from its parameters and seed.
+
+Shared by `sweeps export`, `sweeps best --evaluate` and `sweeps rerun`. These
+run in the user's process and need TensorFlow (`.[tf]`); the coordinator
+never does.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+import optuna
+
+from sweeps import recovery
+from sweeps.checkpoints import CheckpointStore
+from sweeps.config import SweepConfig
+from sweeps.coordinator import UID_ATTR, load_config, load_study, trial_seed
+from sweeps.errors import SweepsError
+from workers import checkpoint as ckpt
+from workers import data as datasets
+from workers.spec import PARAMETER_DEFAULTS, Decision, EpochReport, TrialSpec
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")    # TensorFlow's start-up chatter is not progress
+Say = Callable[[str], None]
+
+
+@dataclass
+class Trained:
+    study: optuna.Study
+    config: SweepConfig
+    trial: optuna.trial.FrozenTrial
+    data: datasets.Arrays
+    model: Any                 # Keras model without augmentation layers, weights of the trial's best epoch
+    source: str                # "checkpoint" or "retrained"
+
+
+def trial_params(trial: optuna.trial.FrozenTrial) -> dict[str, Any]:
+    return {**PARAMETER_DEFAULTS, **trial.params, **trial.user_attrs.get("fixed_params", {})}
+
+
+def load_trained(study_name: str, storage_url: str | None, number: int | None = None, *,
+                 say: Say = lambda line: None) -> Trained:
+    """The best trial (or trial ``number``) with its model; retrained when no checkpoint was kept."""
+    study = load_study(study_name, storage_url)
+    config = load_config(study)
+    trial = pick_trial(study, number)
+    data = load_data(config, study_name, say)
+    weights, source = _kept_weights(study, config, trial)
+    if weights is None:
+        say(f"no checkpoint kept for trial {trial.number}: retraining it ({config.epochs} epochs, seed "
+            f"{trial.user_attrs.get('seed')})")
+        weights, _ = retrain(config, trial, data, config.epochs)
+        source = "retrained"
+    return Trained(study, config, trial, data, serving_model(weights, trial_params(trial), config, data), source)
+
+
+def pick_trial(study: optuna.Study, number: int | None) -> optuna.trial.FrozenTrial:
+    if number is None:
+        try:
+            return study.best_trial
+        except ValueError:
+            raise SweepsError(f"study {study.study_name!r} has no completed trial yet") from None
+    trials = {t.number: t for t in study.get_trials(deepcopy=False)}
+    if number not in trials:
+        raise SweepsError(f"study {study.study_name!r} has no trial {number}; `sweeps status` lists them")
+    if trials[number].state not in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED):
+        raise SweepsError(f"trial {number} is {trials[number].state.name}; only complete or pruned trials "
+                          "have a value to reproduce")
+    return trials[number]
+
+
+def load_data(config: SweepConfig, study_name: str, say: Say) -> datasets.Arrays:
+    say(f"loading the data of study {study_name}")
+    try:
+        return datasets.load(config.dataset.to_dict(), seed=config.seed)
+    except datasets.DatasetError as e:
+        raise SweepsError(f"the dataset of study {study_name!r} is not reachable here: {e}") from None
+
+
+def _kept_weights(study: optuna.Study, config: SweepConfig,
+                  trial: optuna.trial.FrozenTrial) -> tuple[list[np.ndarray] | None, str]:
+    uid = study.user_attrs.get(UID_ATTR)
+    if not (config.checkpoint_store and uid):
+        return None, ""
+    try:
+        raw = CheckpointStore(config.checkpoint_store, f"{study.study_name}-{uid}").load(
+            recovery.config_id(trial.number, trial.user_attrs))
+    except SweepsError:
+        return None, ""
+    if raw is None:
+        return None, ""
+    state = ckpt.unpack(raw)
+    if state.epoch < trial.user_attrs.get("epochs_run", state.epoch):
+        return None, ""        # an older attempt's checkpoint: not this trial's final state
+    return (state.best_weights if state.best_weights is not None else state.weights), "checkpoint"
+
+
+def retrain(config: SweepConfig, trial: optuna.trial.FrozenTrial, data: datasets.Arrays,
+            epochs: int) -> tuple[list[np.ndarray], float]:
+    """Train the trial's configuration again with its seed and thread count, no pruning; (best weights, value)."""
+    from workers.trainer import configure_threads, train_trial
+
+    class KeepLast:
+        last: bytes | None = None
+
+        def report(self, report: EpochReport) -> Decision:
+            self.last = report.checkpoint
+            return Decision.CONTINUE
+
+    threads = max(1, int(config.cpus))
+    configure_threads(threads)
+    reporter = KeepLast()
+    seed = trial.user_attrs.get("seed", trial_seed(config.seed, trial.number))
+    result = train_trial(TrialSpec(trial.number, trial_params(trial), epochs, seed, config.metric,
+                                   config.dataset.flip, threads=threads, deterministic=config.deterministic),
+                         data.training_only(), reporter)
+    if reporter.last is None or result.value is None:
+        raise SweepsError(f"retraining trial {trial.number} measured nothing ({result.reason or 'no epoch ran'})")
+    state = ckpt.unpack(reporter.last)
+    return (state.best_weights if state.best_weights is not None else state.weights), float(result.value)
+
+
+def serving_model(weights: list[np.ndarray], params: dict[str, Any], config: SweepConfig,
+                  data: datasets.Arrays) -> Any:
+    """The trained network without its (training-only) augmentation layers, weights copied layer by layer."""
+    from workers import augment, models
+
+    trained = models.build(params, data.input_shape, data.n_classes,
+                           augment.layers(params["augment"], config.dataset.flip, seed=0))
+    trained.set_weights(weights)
+    plain = models.build(params, data.input_shape, data.n_classes, [])
+    source = [layer for layer in trained.layers if layer.weights and not type(layer).__name__.startswith("Random")]
+    target = [layer for layer in plain.layers if layer.weights]
+    if len(source) != len(target):
+        raise SweepsError("the trained model and its serving copy differ in layers; report this as a bug")
+    for src, dst in zip(source, target):
+        dst.set_weights(src.get_weights())
+    return plain
+
+
+def evaluate(trained: Trained) -> dict[str, Any]:
+    """The same metrics as each trial's, on the held-out test split (never used for selection)."""
+    from workers import metrics
+
+    data = trained.data
+    if data.x_test is None or not len(data.x_test):
+        raise SweepsError(f"study {trained.study.study_name!r} has no test split (dataset.test_fraction is 0); "
+                          "start a sweep with dataset.test_fraction > 0 to evaluate on held-out images")
+    predicted = np.argmax(trained.model.predict(data.x_test, batch_size=256, verbose=0), axis=1)
+    found = metrics.classification(data.y_test, predicted, data.n_classes)
+    found["n_test"] = int(len(data.y_test))
+    return found
+
+
+def rerun(study_name: str, storage_url: str | None, number: int, *, say: Say = lambda line: None) -> dict[str, Any]:
+    """Train trial ``number`` again (same parameters, seed and epochs, no pruning) and compare its value."""
+    study = load_study(study_name, storage_url)
+    config = load_config(study)
+    trial = pick_trial(study, number)
+    data = load_data(config, study_name, say)
+    epochs = int(trial.user_attrs.get("epochs_run", config.epochs))
+    say(f"retraining trial {number}: {epochs} epochs, seed {trial.user_attrs.get('seed')}")
+    _, value = retrain(config, trial, data, epochs)
+    maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
+    stored = trial.value
+    if stored is None:     # a pruned trial: its best reported epoch
+        values = list(trial.intermediate_values.values())
+        stored = (max if maximize else min)(values)
+    difference = value - stored
+    return {"study": study_name, "trial": number, "state": trial.state.name, "epochs": epochs,
+            "seed": trial.user_attrs.get("seed"), "stored_value": stored, "rerun_value": value,
+            "difference_points": round(100 * difference, 3), "within_half_point": abs(difference) <= 0.005}

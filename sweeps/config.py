@@ -15,7 +15,8 @@ from typing import Any
 import yaml
 
 from sweeps.errors import SweepsError
-from workers.spec import ARCHITECTURES, CLASS_WEIGHTS, METRICS, OPTIMIZERS, PARAMETER_DEFAULTS, SAMPLING
+from workers.spec import (ARCHITECTURES, CLASS_WEIGHTS, LR_SCHEDULES, METRICS, OPTIMIZERS, PARAMETER_DEFAULTS,
+                          SAMPLING)
 
 DATASETS = ("digits", "mnist", "npz", "folder")
 SAMPLER_OPTIONS = {
@@ -53,8 +54,12 @@ PARAMETER_BOUNDS: dict[str, tuple[float, float, bool, bool]] = {
     "augment": (0.0, 1.0, True, True),
     "width": (1, 1024, True, True),
     "depth": (1, 16, True, True),
+    "label_smoothing": (0.0, 1.0, True, False),
+    "early_stopping": (0, 1000, True, True),
 }
-CHOICES = {"optimizer": OPTIMIZERS, "architecture": ARCHITECTURES, "class_weight": CLASS_WEIGHTS, "sampling": SAMPLING}
+CHOICES = {"optimizer": OPTIMIZERS, "architecture": ARCHITECTURES, "class_weight": CLASS_WEIGHTS, "sampling": SAMPLING,
+           "lr_schedule": LR_SCHEDULES}
+BOOLEANS = {name for name, default in PARAMETER_DEFAULTS.items() if isinstance(default, bool)}
 
 
 class ConfigError(SweepsError):
@@ -435,6 +440,8 @@ class _Validator:
             return Param(name, values=list(values), when=when)
         if name in CHOICES:
             self.fail(key, f"{name} is categorical: use values: [{', '.join(CHOICES[name])}]")
+        if name in BOOLEANS:
+            self.fail(key, f"{name} is true or false: use values: [true, false] or value: true")
         low, high = spec.get("low"), spec.get("high")
         if "high" not in spec:
             self.fail(key, "a range needs both low and high")
@@ -467,6 +474,10 @@ class _Validator:
 
     def check_value(self, key: str, name: str, value: Any) -> None:
         default = PARAMETER_DEFAULTS[name]
+        if name in BOOLEANS:
+            if not isinstance(value, bool):
+                self.fail(key, f"{name} must be true or false, got {value!r}")
+            return
         if name in CHOICES:
             if value not in CHOICES[name]:
                 self.fail(key, f"unknown {name} {value!r}; choose from {', '.join(CHOICES[name])}")

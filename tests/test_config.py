@@ -44,6 +44,10 @@ BAD = {
     "condition value not among the parent's": (
         _with_param("momentum", {"low": 0.5, "high": 0.9, "when": {"optimizer": "rmsprop"}}),
         "'rmsprop' is not among optimizer's values"),
+    "boolean as a range": (_with_param("batchnorm", {"low": 0, "high": 1}), "parameters.batchnorm: batchnorm is true or false"),
+    "boolean as a number": (_with_param("batchnorm", 1), "parameters.batchnorm: batchnorm must be true or false"),
+    "unknown schedule": (_with_param("lr_schedule", {"values": ["cosine", "step"]}), "unknown lr_schedule 'step'"),
+    "label smoothing of 1": (_with_param("label_smoothing", 1.0), "label_smoothing must be >= 0.0 and < 1.0"),
     "unknown recovery key": (_with(recovery={"retries": 3}), "recovery.retries: unknown key"),
     "negative max_retries": (_with(recovery={"max_retries": -1}), "recovery.max_retries: must be at least 0"),
     "grace period too short": (_with(recovery={"heartbeat_interval": 10, "grace_period": 15}),
@@ -149,3 +153,11 @@ def test_recovery_and_checkpoint_settings(tmp_path: Path) -> None:
     defaults = _load(tmp_path, _with())
     assert (defaults.max_retries, defaults.grace_period, defaults.keep_best) == (2, 60.0, 3)
     assert defaults.checkpoint_store is None
+
+
+def test_boolean_and_choice_parameters(tmp_path: Path) -> None:
+    cfg = _load(tmp_path, _with_param("batchnorm", {"values": [True, False]}))
+    assert cfg.parameters["batchnorm"].values == [True, False]
+    cfg = _load(tmp_path, _with(parameters={**TINY_SPACE["parameters"], "lr_schedule": {"values": ["constant", "cosine"]},
+                                            "early_stopping": 3, "class_weight": "balanced"}))
+    assert cfg.parameters["early_stopping"].value == 3 and cfg.parameters["class_weight"].value == "balanced"

@@ -146,3 +146,29 @@ def test_class_weights_and_oversampling_arithmetic() -> None:
     x = np.arange(100)
     xo, yo = oversample(x, y, seed=0)
     assert np.bincount(yo).tolist() == [60, 60, 60] and set(xo[yo == 0]) == set(range(10))
+
+
+@pytest.mark.parametrize("knobs", [
+    {"batchnorm": False, "lr_schedule": "cosine"},
+    {"label_smoothing": 0.1, "lr_schedule": "plateau", "class_weight": "balanced"},
+])
+def test_regularisation_and_schedule_knobs_train(digits: data.Arrays, knobs: dict) -> None:
+    reporter = ListReporter()
+    result = train_trial(_spec(epochs=3, learning_rate=1e-2, width=8, **knobs), digits, reporter)
+    assert result.state == TrialState.COMPLETE and [r.epoch for r in reporter.reports] == [1, 2, 3]
+    assert result.value > 0.5 and result.metrics["latency_ms_per_image"] > 0
+
+
+def test_batchnorm_off_builds_no_batchnorm_layers() -> None:
+    on = models.build({**PARAMETER_DEFAULTS, "width": 8}, (8, 8, 1), 10)
+    off = models.build({**PARAMETER_DEFAULTS, "width": 8, "batchnorm": False}, (8, 8, 1), 10)
+    kinds = lambda m: {type(layer).__name__ for layer in m.layers}  # noqa: E731
+    assert "BatchNormalization" in kinds(on) and "BatchNormalization" not in kinds(off)
+
+
+def test_early_stopping_ends_a_trial_that_stopped_improving(digits: data.Arrays) -> None:
+    # A learning rate of 0 and no BatchNorm: the metric cannot improve after epoch 1.
+    reporter = ListReporter()
+    result = train_trial(_spec(epochs=6, learning_rate=0.0, batchnorm=False, early_stopping=2), digits, reporter)
+    assert result.state == TrialState.COMPLETE and result.epochs_run == 3
+    assert result.reason.startswith("early stopped after epoch 3")

@@ -21,10 +21,17 @@ def _regularizer(params: dict[str, Any]) -> Any:
 def _conv_bn_relu(x: Any, filters: int, params: dict[str, Any], strides: int = 1) -> Any:
     import keras
 
-    x = keras.layers.Conv2D(filters, 3, strides=strides, padding="same", use_bias=False,
+    x = keras.layers.Conv2D(filters, 3, strides=strides, padding="same", use_bias=not params["batchnorm"],
                             kernel_regularizer=_regularizer(params))(x)
-    x = keras.layers.BatchNormalization(momentum=BN_MOMENTUM)(x)
+    x = _norm(x, params)
     return keras.layers.Activation("relu")(x)
+
+
+def _norm(x: Any, params: dict[str, Any]) -> Any:
+    """BatchNorm, or nothing when the trial turns it off (the convolutions then carry a bias)."""
+    import keras
+
+    return keras.layers.BatchNormalization(momentum=BN_MOMENTUM)(x) if params["batchnorm"] else x
 
 
 def simple_cnn(params: dict[str, Any], x: Any, input_shape: tuple[int, ...]) -> Any:
@@ -56,13 +63,13 @@ def resnet(params: dict[str, Any], x: Any, input_shape: tuple[int, ...]) -> Any:
                 size //= 2
             shortcut = x
             y = _conv_bn_relu(x, filters, params, strides)
-            y = keras.layers.Conv2D(filters, 3, padding="same", use_bias=False,
+            y = keras.layers.Conv2D(filters, 3, padding="same", use_bias=not params["batchnorm"],
                                     kernel_regularizer=_regularizer(params))(y)
-            y = keras.layers.BatchNormalization(momentum=BN_MOMENTUM)(y)
+            y = _norm(y, params)
             if strides != 1 or shortcut.shape[-1] != filters:
-                shortcut = keras.layers.Conv2D(filters, 1, strides=strides, use_bias=False,
+                shortcut = keras.layers.Conv2D(filters, 1, strides=strides, use_bias=not params["batchnorm"],
                                                kernel_regularizer=_regularizer(params))(shortcut)
-                shortcut = keras.layers.BatchNormalization(momentum=BN_MOMENTUM)(shortcut)
+                shortcut = _norm(shortcut, params)
             x = keras.layers.Activation("relu")(keras.layers.Add()([y, shortcut]))
     return x
 

@@ -14,6 +14,7 @@ OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
 ARCHITECTURES = ("simple_cnn", "resnet")
 CLASS_WEIGHTS = ("none", "balanced")      # balanced: each class weighs n / (k * count), as scikit-learn's
 SAMPLING = ("none", "oversample")         # oversample: repeat each class's images up to the largest class
+LR_SCHEDULES = ("constant", "cosine", "plateau")   # plateau: halve the rate after 2 epochs without improvement
 METRICS = {"val_accuracy": "maximize", "val_loss": "minimize"}
 
 # Every hyperparameter a trial understands, with the value it takes when the
@@ -32,6 +33,10 @@ PARAMETER_DEFAULTS: dict[str, Any] = {
     "depth": 2,                 # conv blocks (simple_cnn) / residual blocks per stage (resnet)
     "class_weight": "none",     # one of CLASS_WEIGHTS: for imbalanced data
     "sampling": "none",         # one of SAMPLING: for imbalanced data
+    "batchnorm": True,          # BatchNorm after every conv (off: conv with bias)
+    "lr_schedule": "constant",  # one of LR_SCHEDULES
+    "label_smoothing": 0.0,     # 0..1: targets (1 - s) on the class, s spread over all
+    "early_stopping": 0,        # patience in epochs without improvement; 0: off
 }
 
 

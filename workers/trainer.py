@@ -30,10 +30,13 @@ def configure_threads(threads: int) -> None:
         pass
 
 
-def make_optimizer(params: dict[str, Any]) -> Any:
+def make_optimizer(params: dict[str, Any], total_steps: int = 0) -> Any:
+    """The optimizer; ``cosine`` decays its rate to 0 over ``total_steps`` (the whole trial)."""
     import keras
 
     name, lr = params["optimizer"], params["learning_rate"]
+    if params.get("lr_schedule") == "cosine" and total_steps > 0:
+        lr = keras.optimizers.schedules.CosineDecay(lr, decay_steps=total_steps)
     if name == "adam":
         return keras.optimizers.Adam(lr)
     if name == "adamw":
@@ -73,6 +76,7 @@ def _report_callback(spec: TrialSpec, reporter: Reporter, maximize: bool) -> Any
             weights = self.model.get_weights()
             if self.best is None or (value > self.best if maximize else value < self.best):
                 self.best, self.best_epoch, self.best_weights = value, epoch + 1, weights
+            patience = spec.params.get("early_stopping", 0)
             self.values[epoch + 1] = value
             state = None
             if spec.save_checkpoints:
@@ -83,6 +87,10 @@ def _report_callback(spec: TrialSpec, reporter: Reporter, maximize: bool) -> Any
             if decision == Decision.PRUNE:
                 self.state = TrialState.PRUNED
                 self.reason = f"pruned after epoch {epoch + 1} ({spec.metric}={value:.4f})"
+                self.model.stop_training = True
+            elif patience and epoch + 1 - self.best_epoch >= patience and epoch + 1 < spec.epochs:
+                self.reason = (f"early stopped after epoch {epoch + 1}: no better {spec.metric} for {patience} "
+                               f"epochs (best at epoch {self.best_epoch})")
                 self.model.stop_training = True
 
     return ReportCallback()
@@ -100,26 +108,41 @@ def train_trial(spec: TrialSpec, data: Arrays, reporter: Reporter) -> TrialResul
     params = spec.params
     model = models.build(params, data.input_shape, data.n_classes,
                          augment.layers(params["augment"], spec.flip, seed=spec.seed))
-    model.compile(optimizer=make_optimizer(params), loss="sparse_categorical_crossentropy", metrics=["accuracy"])
-    maximize = spec.metric != "val_loss"
-    callback = _report_callback(spec, reporter, maximize)
-    start = _resume(model, spec.checkpoint, callback) if spec.checkpoint else 0
     x, y = data.x_train, data.y_train
     if params["sampling"] == "oversample":
         x, y = oversample(x, y, spec.seed)
+    steps = spec.epochs * math.ceil(len(y) / params["batch_size"])
+    smoothing = params["label_smoothing"]
+    loss = (keras.losses.CategoricalCrossentropy(label_smoothing=smoothing) if smoothing > 0
+            else keras.losses.SparseCategoricalCrossentropy())
+    model.compile(optimizer=make_optimizer(params, steps), loss=loss, metrics=["accuracy"])
+    maximize = spec.metric != "val_loss"
+    callback = _report_callback(spec, reporter, maximize)
+    callbacks = [callback]
+    if params["lr_schedule"] == "plateau":     # before the report callback's stop decisions matter
+        callbacks.insert(0, keras.callbacks.ReduceLROnPlateau(monitor=spec.metric, factor=0.5, patience=2,
+                                                              mode="max" if maximize else "min", verbose=0))
+    start = _resume(model, spec.checkpoint, callback) if spec.checkpoint else 0
+    labels, y_val = y, data.y_val
+    if smoothing > 0:                          # the smoothed loss needs one-hot targets
+        y, y_val = (keras.utils.to_categorical(v, data.n_classes) for v in (y, y_val))
     started = time.perf_counter()
     model.fit(x, y, batch_size=params["batch_size"], epochs=spec.epochs, initial_epoch=start,
-              class_weight=class_weights(y, data.n_classes) if params["class_weight"] == "balanced" else None,
-              validation_data=(data.x_val, data.y_val), callbacks=[callback], verbose=0, shuffle=True)
+              class_weight=class_weights(labels, data.n_classes) if params["class_weight"] == "balanced" else None,
+              validation_data=(data.x_val, y_val), callbacks=callbacks, verbose=0, shuffle=True)
     seconds = time.perf_counter() - started
     callback.epochs_run = max(callback.epochs_run, start)
     if callback.best_weights is None:
         return TrialResult(spec.number, callback.state, None, callback.epochs_run, callback.reason)
     model.set_weights(callback.best_weights)
+    model.predict(data.x_val[:1], verbose=0)            # warm-up, so the timing below is inference only
+    timed = time.perf_counter()
     predicted = np.argmax(model.predict(data.x_val, batch_size=256, verbose=0), axis=1)
+    latency = (time.perf_counter() - timed) / max(len(data.x_val), 1)
     found = metrics.classification(data.y_val, predicted, data.n_classes)
     found.update(param_count=int(model.count_params()), train_seconds=round(seconds, 3),
-                 seconds_per_epoch=round(seconds / max(callback.epochs_run, 1), 4))
+                 seconds_per_epoch=round(seconds / max(callback.epochs_run, 1), 4),
+                 latency_ms_per_image=round(1000 * latency, 4))
     found.update(start_epoch=start)
     return TrialResult(spec.number, callback.state, callback.best, callback.epochs_run, callback.reason, found)
 

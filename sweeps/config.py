@@ -56,6 +56,8 @@ PARAMETER_BOUNDS: dict[str, tuple[float, float, bool, bool]] = {
     "depth": (1, 16, True, True),
     "label_smoothing": (0.0, 1.0, True, False),
     "early_stopping": (0, 1000, True, True),
+    "random_erasing": (0.0, 1.0, True, True),
+    "mixup_alpha": (0.0, math.inf, True, False),
 }
 CHOICES = {"optimizer": OPTIMIZERS, "architecture": ARCHITECTURES, "class_weight": CLASS_WEIGHTS, "sampling": SAMPLING,
            "lr_schedule": LR_SCHEDULES}
@@ -111,13 +113,14 @@ class DatasetConfig:
     val_fraction: float = 0.2
     flip: bool = False                         # horizontal flips keep the label
     test_fraction: float = 0.1                 # held out before the sweep, for `best --evaluate` only
+    on_corrupt: str = "fail"                   # folders: an unreadable image fails the load, or is skipped
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "name": self.name, "path": self.path,
             "image_size": list(self.image_size) if self.image_size else None,
             "color": self.color, "val_fraction": self.val_fraction, "test_fraction": self.test_fraction,
-            "flip": self.flip,
+            "flip": self.flip, "on_corrupt": self.on_corrupt,
         }
 
 
@@ -331,7 +334,7 @@ class _Validator:
         if not isinstance(raw, dict):
             self.fail("dataset", "must be a name or a mapping with name and path")
         self.unknown_keys("dataset", raw, {"name", "path", "image_size", "color", "val_fraction", "test_fraction",
-                                           "flip"})
+                                           "flip", "on_corrupt"})
         name = raw.get("name")
         if name not in DATASETS:
             self.fail("dataset.name", f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
@@ -364,7 +367,10 @@ class _Validator:
             self.fail("dataset.flip", f"must be true or false, got {flip!r}")
         if flip and name in ("digits", "mnist"):
             self.fail("dataset.flip", "digits change meaning when flipped; leave flip off for digits and mnist")
-        return DatasetConfig(name, path, size, color, float(val_fraction), flip, float(test_fraction))
+        on_corrupt = raw.get("on_corrupt", "fail")
+        if on_corrupt not in ("fail", "skip"):
+            self.fail("dataset.on_corrupt", f"must be fail or skip, got {on_corrupt!r}")
+        return DatasetConfig(name, path, size, color, float(val_fraction), flip, float(test_fraction), on_corrupt)
 
     def component(self, key: str, raw: Any, options: dict[str, set[str]]) -> dict[str, Any]:
         if isinstance(raw, str):

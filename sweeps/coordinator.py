@@ -293,6 +293,10 @@ class Coordinator:
         from workers.remote import ReportBroker, TrainerWorker
 
         cfg = self.config
+        if self.arrays.skipped:
+            shown = ", ".join(self.arrays.skipped[:3]) + (" ..." if len(self.arrays.skipped) > 3 else "")
+            self.progress.last = f"skipped {len(self.arrays.skipped)} unreadable image(s): {shown}"
+            self.on_progress(self.progress)
         broker = ray.remote(num_cpus=0)(ReportBroker).remote()
         worker_cls = ray.remote(TrainerWorker).options(num_cpus=cfg.cpus, num_gpus=cfg.gpus, max_restarts=0)
         threads = max(1, int(math.floor(cfg.cpus)))

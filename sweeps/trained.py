@@ -129,7 +129,8 @@ def serving_model(weights: list[np.ndarray], params: dict[str, Any], config: Swe
     from workers import augment, models
 
     trained = models.build(params, data.input_shape, data.n_classes,
-                           augment.layers(params["augment"], config.dataset.flip, seed=0))
+                           augment.layers(params["augment"], config.dataset.flip, seed=0,
+                                          erasing=params["random_erasing"]))
     trained.set_weights(weights)
     plain = models.build(params, data.input_shape, data.n_classes, [])
     source = [layer for layer in trained.layers if layer.weights and not type(layer).__name__.startswith("Random")]

@@ -119,3 +119,14 @@ def test_npz_test_arrays_are_used_as_given(tmp_path: Path) -> None:
     np.savez(tmp_path / "t.npz", x_train=x, y_train=y, x_test=x[:6], y_test=y[:6])
     a = data.load({"name": "npz", "path": str(tmp_path / "t.npz"), "val_fraction": 0.25, "test_fraction": 0.1})
     assert len(a.y_test) == 6 and len(a.y_train) + len(a.y_val) == 40 and a.class_names == ("3", "7")
+
+
+def test_corrupt_images_can_be_skipped_and_are_named(tmp_path: Path) -> None:
+    _images(tmp_path, "a", 4, (8, 8), 0)
+    _images(tmp_path, "b", 4, (8, 8), 200)
+    (tmp_path / "b" / "bad.jpg").write_bytes(b"\xff\xd8 truncated jpeg")
+    with pytest.raises(DatasetError, match=r"bad\.jpg.*dataset\.on_corrupt: skip"):
+        data.load({"name": "folder", "path": str(tmp_path), "val_fraction": 0.25})
+    a = data.load({"name": "folder", "path": str(tmp_path), "val_fraction": 0.25, "on_corrupt": "skip"})
+    assert a.skipped == (str(tmp_path / "b" / "bad.jpg"),) and len(a.y_train) + len(a.y_val) == 8
+    assert a.describe()["skipped_files"] == [str(tmp_path / "b" / "bad.jpg")]

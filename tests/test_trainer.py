@@ -172,3 +172,34 @@ def test_early_stopping_ends_a_trial_that_stopped_improving(digits: data.Arrays)
     result = train_trial(_spec(epochs=6, learning_rate=0.0, batchnorm=False, early_stopping=2), digits, reporter)
     assert result.state == TrialState.COMPLETE and result.epochs_run == 3
     assert result.reason.startswith("early stopped after epoch 3")
+
+
+def test_mixup_and_random_erasing_train(digits: data.Arrays) -> None:
+    reporter = ListReporter()
+    result = train_trial(_spec(epochs=3, learning_rate=1e-2, width=8, mixup_alpha=0.2, random_erasing=0.5,
+                               augment=0.3), digits, reporter)
+    assert result.state == TrialState.COMPLETE and [r.epoch for r in reporter.reports] == [1, 2, 3]
+    assert result.value > 0.5
+
+
+def test_mixup_blends_images_and_labels_with_one_weight() -> None:
+    import tensorflow as tf
+
+    from workers.augment import mixup
+
+    tf.random.set_seed(0)
+    images = tf.constant(np.stack([np.full((2, 2, 1), v, np.float32) for v in (0.0, 1.0, 0.5, 0.25)]))
+    labels = tf.one_hot([0, 1, 2, 3], 4)
+    mixed_images, mixed_labels = mixup(images, labels, 0.4)
+    values, mixed_labels, mixed_images = [0.0, 1.0, 0.5, 0.25], mixed_labels.numpy(), mixed_images.numpy()
+    weights = set()
+    for i in range(4):
+        row = mixed_labels[i]
+        assert np.isclose(row.sum(), 1.0) and np.count_nonzero(row > 1e-6) <= 2   # itself and one partner
+        partner = int(np.argmax(np.where(np.arange(4) == i, -1, row))) if row[i] < 1 - 1e-6 else i
+        own = row[i]
+        if partner != i:
+            weights.add(round(float(own), 5))
+        # the image is blended with the same weight as its label
+        assert np.allclose(mixed_images[i], own * values[i] + (1 - own) * values[partner], atol=1e-6)
+    assert len(weights) <= 1                                  # one weight per batch

@@ -29,6 +29,7 @@ class Arrays:
     class_names: tuple[str, ...]
     x_test: np.ndarray | None = None     # held out before the sweep; never sent to a trial
     y_test: np.ndarray | None = None
+    skipped: tuple[str, ...] = ()        # unreadable image files left out (dataset.on_corrupt: skip)
 
     def training_only(self) -> Arrays:
         """What trials get: no test split, so nothing the sweep selects on can have seen it."""
@@ -48,6 +49,7 @@ class Arrays:
             "n_train": int(len(self.y_train)), "n_val": int(len(self.y_val)),
             "n_test": 0 if self.y_test is None else int(len(self.y_test)),
             "class_names": list(self.class_names),
+            "skipped_files": list(self.skipped),
         }
 
 
@@ -55,6 +57,7 @@ def load(dataset: dict[str, Any], seed: int = 0) -> Arrays:
     """Load the configured dataset (a ``DatasetConfig.to_dict()``) and split it."""
     name = dataset["name"]
     x_val = y_val = x_test = y_test = None
+    skipped: list[str] = []
     if name == "digits":
         x, y, names = _digits()
     elif name == "mnist":
@@ -62,7 +65,8 @@ def load(dataset: dict[str, Any], seed: int = 0) -> Arrays:
     elif name == "npz":
         x, y, x_val, y_val, x_test, y_test, names = _npz(dataset["path"])
     elif name == "folder":
-        x, y, names = _folder(dataset["path"], dataset.get("image_size"), dataset.get("color", "grayscale"))
+        x, y, names, skipped = _folder(dataset["path"], dataset.get("image_size"), dataset.get("color", "grayscale"),
+                                       dataset.get("on_corrupt", "fail"))
     else:
         raise DatasetError(f"unknown dataset {name!r}")
     test_fraction = dataset.get("test_fraction", 0.0)
@@ -72,7 +76,7 @@ def load(dataset: dict[str, Any], seed: int = 0) -> Arrays:
         val_fraction = val_fraction / (1.0 - test_fraction)     # both are fractions of the whole
     if x_val is None:
         x, y, x_val, y_val = stratified_split(x, y, val_fraction, seed, "validation")
-    return Arrays(x, y, x_val, y_val, tuple(names), x_test, y_test)
+    return Arrays(x, y, x_val, y_val, tuple(names), x_test, y_test, tuple(skipped))
 
 
 def stratified_split(x: np.ndarray, y: np.ndarray, fraction: float, seed: int,
@@ -178,7 +182,8 @@ def _npz(path: str) -> tuple[Any, ...]:
     return x, y, x_val, y_val, x_test, y_test, names
 
 
-def _folder(path: str, image_size: Any, color: str) -> tuple[np.ndarray, np.ndarray, list[str]]:
+def _folder(path: str, image_size: Any, color: str,
+            on_corrupt: str = "fail") -> tuple[np.ndarray, np.ndarray, list[str], list[str]]:
     from PIL import Image, UnidentifiedImageError
 
     if not os.path.isdir(path):
@@ -192,6 +197,7 @@ def _folder(path: str, image_size: Any, color: str) -> tuple[np.ndarray, np.ndar
     size = tuple(image_size) if image_size else None
     images: list[np.ndarray] = []
     labels: list[int] = []
+    skipped: list[str] = []
     for i, cls in enumerate(classes):
         folder = os.path.join(path, cls)
         files = sorted(f for f in os.listdir(folder) if f.lower().endswith(IMAGE_EXTENSIONS))
@@ -208,9 +214,15 @@ def _folder(path: str, image_size: Any, color: str) -> tuple[np.ndarray, np.ndar
                         im = im.resize((size[1], size[0]), Image.BILINEAR)
                     images.append(np.asarray(im, dtype="uint8"))
             except (UnidentifiedImageError, OSError) as e:
-                raise DatasetError(f"cannot read image {file}: {e}; remove or replace it") from None
+                if on_corrupt == "skip":
+                    skipped.append(file)
+                    continue
+                raise DatasetError(f"cannot read image {file}: {e}; remove or replace it, "
+                                   "or set dataset.on_corrupt: skip") from None
             labels.append(i)
+    if not images:
+        raise DatasetError(f"dataset folder {path}: no readable image ({len(skipped)} skipped as unreadable)")
     x = np.stack(images).astype("float32") / 255.0
     if x.ndim == 3:
         x = x[..., None]
-    return x, np.array(labels, dtype="int32"), classes
+    return x, np.array(labels, dtype="int32"), classes, skipped

@@ -37,6 +37,8 @@ PARAMETER_DEFAULTS: dict[str, Any] = {
     "lr_schedule": "constant",  # one of LR_SCHEDULES
     "label_smoothing": 0.0,     # 0..1: targets (1 - s) on the class, s spread over all
     "early_stopping": 0,        # patience in epochs without improvement; 0: off
+    "random_erasing": 0.0,      # 0..1: probability of blanking a random patch of each training image
+    "mixup_alpha": 0.0,         # > 0: mixup with weights ~ Beta(alpha, alpha); 0: off
 }
 
 

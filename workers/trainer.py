@@ -107,13 +107,14 @@ def train_trial(spec: TrialSpec, data: Arrays, reporter: Reporter) -> TrialResul
         tf.config.experimental.enable_op_determinism()
     params = spec.params
     model = models.build(params, data.input_shape, data.n_classes,
-                         augment.layers(params["augment"], spec.flip, seed=spec.seed))
+                         augment.layers(params["augment"], spec.flip, seed=spec.seed, erasing=params["random_erasing"]))
     x, y = data.x_train, data.y_train
     if params["sampling"] == "oversample":
         x, y = oversample(x, y, spec.seed)
     steps = spec.epochs * math.ceil(len(y) / params["batch_size"])
-    smoothing = params["label_smoothing"]
-    loss = (keras.losses.CategoricalCrossentropy(label_smoothing=smoothing) if smoothing > 0
+    smoothing, alpha = params["label_smoothing"], params["mixup_alpha"]
+    one_hot = smoothing > 0 or alpha > 0       # smoothed and mixed targets are distributions, not indices
+    loss = (keras.losses.CategoricalCrossentropy(label_smoothing=smoothing) if one_hot
             else keras.losses.SparseCategoricalCrossentropy())
     model.compile(optimizer=make_optimizer(params, steps), loss=loss, metrics=["accuracy"])
     maximize = spec.metric != "val_loss"
@@ -124,12 +125,18 @@ def train_trial(spec: TrialSpec, data: Arrays, reporter: Reporter) -> TrialResul
                                                               mode="max" if maximize else "min", verbose=0))
     start = _resume(model, spec.checkpoint, callback) if spec.checkpoint else 0
     labels, y_val = y, data.y_val
-    if smoothing > 0:                          # the smoothed loss needs one-hot targets
+    if one_hot:
         y, y_val = (keras.utils.to_categorical(v, data.n_classes) for v in (y, y_val))
+    weights = class_weights(labels, data.n_classes) if params["class_weight"] == "balanced" else None
     started = time.perf_counter()
-    model.fit(x, y, batch_size=params["batch_size"], epochs=spec.epochs, initial_epoch=start,
-              class_weight=class_weights(labels, data.n_classes) if params["class_weight"] == "balanced" else None,
-              validation_data=(data.x_val, y_val), callbacks=callbacks, verbose=0, shuffle=True)
+    if alpha > 0:      # mixup mixes whole batches: a tf.data pipeline, shuffled each epoch, prefetched
+        model.fit(_mixup_batches(x, y, params["batch_size"], alpha, spec.seed), epochs=spec.epochs,
+                  initial_epoch=start, class_weight=weights, validation_data=(data.x_val, y_val),
+                  callbacks=callbacks, verbose=0)
+    else:
+        model.fit(x, y, batch_size=params["batch_size"], epochs=spec.epochs, initial_epoch=start,
+                  class_weight=weights, validation_data=(data.x_val, y_val), callbacks=callbacks, verbose=0,
+                  shuffle=True)
     seconds = time.perf_counter() - started
     callback.epochs_run = max(callback.epochs_run, start)
     if callback.best_weights is None:
@@ -145,6 +152,16 @@ def train_trial(spec: TrialSpec, data: Arrays, reporter: Reporter) -> TrialResul
                  latency_ms_per_image=round(1000 * latency, 4))
     found.update(start_epoch=start)
     return TrialResult(spec.number, callback.state, callback.best, callback.epochs_run, callback.reason, found)
+
+
+def _mixup_batches(x: np.ndarray, y: np.ndarray, batch_size: int, alpha: float, seed: int) -> Any:
+    import tensorflow as tf
+
+    return (tf.data.Dataset.from_tensor_slices((x, y.astype("float32")))
+            .shuffle(len(x), seed=seed, reshuffle_each_iteration=True)
+            .batch(batch_size)
+            .map(lambda a, b: augment.mixup(a, b, alpha), num_parallel_calls=tf.data.AUTOTUNE)
+            .prefetch(tf.data.AUTOTUNE))
 
 
 def class_weights(y: np.ndarray, n_classes: int) -> dict[int, float]:

@@ -70,7 +70,17 @@ def open_storage(url: str | None, *, create: bool = False) -> Any:
     elif "://" not in url:
         raise SweepsError(f"storage {shown!r} is not a database URL; use sqlite:///sweeps.db or postgresql://user:password@host/db")
     try:
-        return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, skip_compatibility_check=False)
+        for attempt in range(5):
+            try:
+                return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, skip_compatibility_check=False)
+            except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.OperationalError) as e:
+                # Another process (a dashboard, a second coordinator) created the schema at the same moment;
+                # the next attempt finds it in place.
+                racing = isinstance(e, sqlalchemy.exc.IntegrityError) or "already exists" in str(e)
+                if attempt == 4 or not racing:
+                    raise
+                time.sleep(0.2 * (attempt + 1))
+        raise AssertionError("unreachable")
     except sqlalchemy.exc.OperationalError as e:
         reason = mask(str(e.orig).strip().splitlines()[0]) if e.orig else "connection failed"
         raise SweepsError(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from sweeps import storage
@@ -41,3 +43,19 @@ def test_postgresql_connection_is_named_and_bounded(pg_url: str) -> None:
 def test_not_a_url() -> None:
     with pytest.raises(SweepsError, match="is not a database URL"):
         storage.open_storage("sweeps.db")
+
+
+def test_two_processes_creating_one_sqlite_file_at_once_both_succeed(tmp_path: Path) -> None:
+    """A dashboard or a second coordinator opening the file while `sweeps run` creates it: no IntegrityError."""
+    import subprocess
+    import sys
+
+    url = f"sqlite:///{tmp_path}/race.db"
+    code = ("import sys; from sweeps.storage import open_storage; "
+            "[open_storage(sys.argv[1], create=True) for _ in range(1)]; print('ok')")
+    for _ in range(3):
+        (tmp_path / "race.db").unlink(missing_ok=True)
+        procs = [subprocess.Popen([sys.executable, "-c", code, url], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                  text=True) for _ in range(4)]
+        outs = [p.communicate(timeout=120) for p in procs]
+        assert [p.returncode for p in procs] == [0, 0, 0, 0], [err[-500:] for _, err in outs]

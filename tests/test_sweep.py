@@ -178,8 +178,8 @@ def test_interrupted_sweep_resumes_to_its_budget_in_a_new_process(tmp_path: Path
                     study = optuna.load_study(study_name="resumable", storage=url)
                     if any(t.state in FINISHED for t in study.get_trials()):
                         break
-                except KeyError:
-                    pass
+                except (KeyError, sqlalchemy.exc.SQLAlchemyError):
+                    pass            # the study, or the schema, is still being created by the CLI
             time.sleep(0.3)
         proc.send_signal(signal.SIGINT)     # first Ctrl-C: launch nothing new, let the running trial finish
         out, err = proc.communicate(timeout=180)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 import uuid
 from pathlib import Path
 from typing import Any, Iterator
@@ -19,20 +20,20 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 ARTIFACTS = ROOT / "test-artifacts"          # screenshots and the like, kept for CI (git-ignored)
-SAVED: list[Path] = []
+SESSION_STARTED = time.time()
 
 
 def keep_artifact(name: str) -> Path:
     """A path under test-artifacts/ that the session summary lists."""
     ARTIFACTS.mkdir(exist_ok=True)
-    path = ARTIFACTS / name
-    SAVED.append(path)
-    return path
+    return ARTIFACTS / name
 
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:
-    for path in SAVED:
-        if path.exists():
+    """Name the artifacts this session wrote (test modules import this file under another name than
+    pytest does, so the list is read from the folder, not from a variable)."""
+    for path in sorted(ARTIFACTS.glob("*")) if ARTIFACTS.exists() else []:
+        if path.stat().st_mtime >= SESSION_STARTED:
             terminalreporter.write_line(f"test artifact: {path}")
 ADMIN_URL = os.environ.get("SWEEPS_TEST_PG_ADMIN", "postgresql://postgres@127.0.0.1:5432/postgres")
 

@@ -23,7 +23,6 @@ import json
 import os
 import platform
 import random
-import signal
 import subprocess
 import sys
 import tempfile
@@ -32,13 +31,14 @@ import uuid
 from pathlib import Path
 
 import optuna
-import psutil
 import sqlalchemy
 import yaml
 
 from sweeps.storage import driver_url
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))          # run as a script from benchmarks/: make tests.processes importable
+from tests.processes import kill_tree, trainer_processes  # noqa: E402
 ADMIN = os.environ.get("SWEEPS_TEST_PG_ADMIN", "postgresql://postgres@127.0.0.1:5432/postgres")
 TS = optuna.trial.TrialState
 
@@ -67,29 +67,6 @@ def start(args: list[str], cwd: Path) -> subprocess.Popen[bytes]:
     log = open(cwd / "sweeps.log", "ab")
     return subprocess.Popen([sys.executable, "-m", "sweeps.cli", *args], cwd=cwd, env=env, stdin=subprocess.DEVNULL,
                             stdout=log, stderr=subprocess.STDOUT)
-
-
-def trainers(proc: subprocess.Popen[bytes]) -> list[psutil.Process]:
-    out = []
-    for child in psutil.Process(proc.pid).children(recursive=True):
-        try:
-            if "TrainerWorker.train" in " ".join(child.cmdline()):
-                out.append(child)
-        except psutil.NoSuchProcess:
-            pass
-    return out
-
-
-def kill_tree(proc: subprocess.Popen[bytes]) -> None:
-    children = psutil.Process(proc.pid).children(recursive=True)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    for c in children:
-        try:
-            c.kill()
-        except psutil.NoSuchProcess:
-            pass
-    psutil.wait_procs(children, timeout=30)
 
 
 def check(study: optuna.Study, n_trials: int) -> dict[str, object]:
@@ -154,7 +131,7 @@ def main() -> int:
             while proc.poll() is None:
                 age = time.monotonic() - born
                 if worker_kill_at is not None and age >= worker_kill_at:
-                    victims = trainers(proc)
+                    victims = trainer_processes(proc)
                     if victims:
                         victim = rng.choice(victims)
                         victim.kill()

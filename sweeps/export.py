@@ -21,7 +21,6 @@ import numpy as np
 from sweeps.errors import SweepsError
 from workers import data as datasets
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")    # TensorFlow's start-up chatter is not progress
 FORMATS = ("keras", "saved_model", "tflite")
 QUANTIZE = ("none", "float16", "int8")
 FLAG_DROP = 0.01      # a quantised model more than 1 point below the original is flagged
@@ -52,7 +51,7 @@ def export_best(study_name: str, storage_url: str | None, *, fmt: str, out: str,
         raise SweepsError(f"unknown quantisation {quantize!r}; choose one of {', '.join(QUANTIZE)}")
     if quantize != "none" and fmt != "tflite":
         raise SweepsError("--quantize applies to --format tflite only")
-    from sweeps.trained import load_trained
+    from sweeps.trained import load_trained   # also quiets TensorFlow before it is imported
 
     t = load_trained(study_name, storage_url, say=say)
     study, config, best, data, model, source = t.study, t.config, t.trial, t.data, t.model, t.source

@@ -10,12 +10,12 @@ from pathlib import Path
 from typing import Callable
 
 import optuna
-import psutil
 import pytest
 
 from sweeps.storage import driver_url
 from tests.conftest import run_cli, start_cli, write_space
 from tests.pgcluster import PgCluster
+from tests.processes import kill_tree, trainer_processes
 
 pytestmark = pytest.mark.slow
 TS = optuna.trial.TrialState
@@ -44,19 +44,6 @@ def _running_with_epochs(url: str, name: str, epochs: int) -> Callable[[], bool]
             return False
         return any(t.state == TS.RUNNING and len(t.intermediate_values) >= epochs for t in trials)
     return check
-
-
-def _kill_tree(proc: subprocess.Popen[str]) -> None:
-    """kill -9 the coordinator, then whatever it started (its Ray), as a crashed machine would lose them."""
-    children = psutil.Process(proc.pid).children(recursive=True)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait(timeout=30)
-    for child in children:
-        try:
-            child.kill()
-        except psutil.NoSuchProcess:
-            pass
-    psutil.wait_procs(children, timeout=30)
 
 
 def _configs(trials: list[optuna.trial.FrozenTrial]) -> dict[str, int]:
@@ -91,7 +78,7 @@ def test_killed_coordinator_is_resumed_from_another_directory(pg_url: str, tmp_p
     try:
         _wait_for(_running_with_epochs(pg_url, "crash", 2), proc, "a trial reached epoch 2")
     finally:
-        _kill_tree(proc)
+        kill_tree(proc)
     lost = [t.number for t in _study(pg_url, "crash").get_trials() if t.state == TS.RUNNING]
     assert lost, "kill -9 should leave trials RUNNING"
 
@@ -120,17 +107,6 @@ def test_killed_coordinator_is_resumed_from_another_directory(pg_url: str, tmp_p
     _check_no_unrecorded_duplicates(trials)
 
 
-def _trainer_processes(proc: subprocess.Popen[str]) -> list[psutil.Process]:
-    found = []
-    for child in psutil.Process(proc.pid).children(recursive=True):
-        try:
-            if "TrainerWorker.train" in " ".join(child.cmdline()):
-                found.append(child)
-        except psutil.NoSuchProcess:
-            pass
-    return found
-
-
 def test_killed_worker_process_is_retried_and_the_sweep_completes(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path}/sweeps.db"
     space = write_space(tmp_path, study="worker-kill", budget={"n_trials": 3}, parallel=1, epochs=6,
@@ -138,13 +114,13 @@ def test_killed_worker_process_is_retried_and_the_sweep_completes(tmp_path: Path
     proc = start_cli("run", str(space), "--storage", url, cwd=tmp_path)
     try:
         _wait_for(_running_with_epochs(url, "worker-kill", 2), proc, "a trial reached epoch 2")
-        victims = _trainer_processes(proc)
+        victims = trainer_processes(proc)
         assert len(victims) == 1, [v.cmdline() for v in victims]
         victims[0].kill()
         out, err = proc.communicate(timeout=300)
     finally:
         if proc.poll() is None:
-            _kill_tree(proc)
+            kill_tree(proc)
     assert proc.returncode == 0, err[-3000:]
     trials = _study(url, "worker-kill").get_trials()
     failed = [t for t in trials if t.state == TS.FAIL]
@@ -173,7 +149,7 @@ def test_second_ctrl_c_records_interrupted_and_resume_continues_from_checkpoints
         out, err = proc.communicate(timeout=120)
     finally:
         if proc.poll() is None:
-            _kill_tree(proc)
+            kill_tree(proc)
     assert proc.returncode == 130, err[-3000:]
     trials = _study(url, "stopped").get_trials()
     [stopped] = [t for t in trials if t.state == TS.FAIL]
@@ -205,7 +181,7 @@ def test_postgresql_restart_mid_sweep_loses_nothing(tmp_path: Path) -> None:
             out, err = proc.communicate(timeout=300)
         finally:
             if proc.poll() is None:
-                _kill_tree(proc)
+                kill_tree(proc)
         assert proc.returncode == 0, err[-3000:]
         assert "database unreachable" in err, "the outage should have been noticed and waited out"
         trials = _study(cluster.url, "outage").get_trials()
@@ -229,7 +205,7 @@ def test_database_gone_too_long_exits_clearly_and_resume_continues(tmp_path: Pat
             out, err = proc.communicate(timeout=120)
         finally:
             if proc.poll() is None:
-                _kill_tree(proc)
+                kill_tree(proc)
         assert proc.returncode == 2, err[-3000:]
         last = err.strip().splitlines()[-1]
         assert "database has been unreachable" in last and "sweeps resume" in last and "Traceback" not in err
@@ -255,7 +231,7 @@ def test_two_coordinators_share_one_budget(pg_url: str, tmp_path: Path) -> None:
     finally:
         for p in (first, second):
             if p is not None and p.poll() is None:
-                _kill_tree(p)
+                kill_tree(p)
     assert first.returncode == 0, err1[-3000:]
     assert second.returncode == 0, err2[-3000:]
     trials = _study(pg_url, "shared").get_trials()

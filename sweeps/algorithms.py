@@ -71,7 +71,7 @@ def pruner(config: SweepConfig) -> optuna.pruners.BasePruner:
         opts.setdefault("min_resource", 1)
         return optuna.pruners.SuccessiveHalvingPruner(**opts)
     if name == "hyperband":
-        opts.setdefault("max_resource", config.epochs)
+        opts.setdefault("max_resource", config.steps)
         return optuna.pruners.HyperbandPruner(**opts)
     if name == "none":
         return optuna.pruners.NopPruner()

@@ -100,8 +100,9 @@ def _parser() -> argparse.ArgumentParser:
                 "sweeps export digits-demo --format tflite --quantize int8 --out models/")
     p.add_argument("study", help="study name")
     _storage_option(p)
-    p.add_argument("--format", dest="fmt", choices=("keras", "saved_model", "tflite"), default="keras",
-                   help="keras (one .keras file), saved_model (OUT/STUDY/1/ for TensorFlow Serving) or tflite")
+    p.add_argument("--format", dest="fmt", choices=("keras", "saved_model", "tflite", "backbone"),
+                   default="keras", help="keras (one .keras file), saved_model (OUT/STUDY/1/ for TensorFlow Serving), "
+                                         "tflite, or backbone (the pretrained backbone's .weights.h5 for weights: FILE)")
     p.add_argument("--quantize", choices=("none", "float16", "int8"), default="none",
                    help="TFLite post-training quantisation (int8: calibrated on training images)")
     p.add_argument("--out", default="exported", metavar="DIR", help="output folder (default: exported/)")

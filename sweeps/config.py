@@ -58,7 +58,11 @@ PARAMETER_BOUNDS: dict[str, tuple[float, float, bool, bool]] = {
     "early_stopping": (0, 1000, True, True),
     "random_erasing": (0.0, 1.0, True, True),
     "mixup_alpha": (0.0, math.inf, True, False),
+    "freeze_epochs": (0, 10000, True, True),
+    "unfreeze_layers": (0, 10000, True, True),
+    "fine_tune_lr_factor": (0.0, math.inf, False, True),
 }
+WEIGHTS = ("none", "imagenet")     # or a path of a .weights.h5 file
 CHOICES = {"optimizer": OPTIMIZERS, "architecture": ARCHITECTURES, "class_weight": CLASS_WEIGHTS, "sampling": SAMPLING,
            "lr_schedule": LR_SCHEDULES}
 BOOLEANS = {name for name, default in PARAMETER_DEFAULTS.items() if isinstance(default, bool)}
@@ -114,13 +118,15 @@ class DatasetConfig:
     flip: bool = False                         # horizontal flips keep the label
     test_fraction: float = 0.1                 # held out before the sweep, for `best --evaluate` only
     on_corrupt: str = "fail"                   # folders: an unreadable image fails the load, or is skipped
+    max_images: int | None = None              # use a stratified sample of this many images (quick runs)
+    folds: int | None = None                   # k-fold cross-validation instead of the val_fraction split
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "name": self.name, "path": self.path,
             "image_size": list(self.image_size) if self.image_size else None,
             "color": self.color, "val_fraction": self.val_fraction, "test_fraction": self.test_fraction,
-            "flip": self.flip, "on_corrupt": self.on_corrupt,
+            "flip": self.flip, "on_corrupt": self.on_corrupt, "max_images": self.max_images, "folds": self.folds,
         }
 
 
@@ -168,6 +174,11 @@ class SweepConfig:
             "parameters": {name: p.to_dict() for name, p in self.parameters.items()},
         }
 
+    @property
+    def steps(self) -> int:
+        """Pruning steps per trial: epochs, times the folds under cross-validation."""
+        return self.epochs * (self.dataset.folds or 1)
+
     def replace(self, **changes: Any) -> SweepConfig:
         """A copy with command-line overrides, validated like the YAML."""
         d = self.to_dict()
@@ -204,7 +215,7 @@ def load(path: str | os.PathLike[str]) -> SweepConfig:
 
 def from_dict(raw: Any, *, source: str, base_dir: str | None = None) -> SweepConfig:
     """Validate a config dict (from YAML, or as stored in a study)."""
-    v = _Validator(source)
+    v = _Validator(source, base_dir)
     if not isinstance(raw, dict):
         v.fail("", "the file must be a mapping of keys such as study, dataset, parameters")
     v.unknown_keys("", raw, TOP_LEVEL_KEYS)
@@ -277,7 +288,8 @@ def from_dict(raw: Any, *, source: str, base_dir: str | None = None) -> SweepCon
 class _Validator:
     """Checks one piece at a time and raises the first problem as one line."""
 
-    def __init__(self, source: str) -> None:
+    def __init__(self, source: str, base_dir: str | None = None) -> None:
+        self.base_dir = base_dir
         self.source = source
 
     def fail(self, key: str, message: str) -> None:
@@ -334,7 +346,7 @@ class _Validator:
         if not isinstance(raw, dict):
             self.fail("dataset", "must be a name or a mapping with name and path")
         self.unknown_keys("dataset", raw, {"name", "path", "image_size", "color", "val_fraction", "test_fraction",
-                                           "flip", "on_corrupt"})
+                                           "flip", "on_corrupt", "max_images", "folds"})
         name = raw.get("name")
         if name not in DATASETS:
             self.fail("dataset.name", f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
@@ -370,7 +382,14 @@ class _Validator:
         on_corrupt = raw.get("on_corrupt", "fail")
         if on_corrupt not in ("fail", "skip"):
             self.fail("dataset.on_corrupt", f"must be fail or skip, got {on_corrupt!r}")
-        return DatasetConfig(name, path, size, color, float(val_fraction), flip, float(test_fraction), on_corrupt)
+        max_images = raw.get("max_images")
+        if max_images is not None:
+            max_images = self.integer("dataset.max_images", max_images, low=20)
+        folds = raw.get("folds")
+        if folds is not None:
+            folds = self.integer("dataset.folds", folds, low=2)
+        return DatasetConfig(name, path, size, color, float(val_fraction), flip, float(test_fraction), on_corrupt,
+                             max_images, folds)
 
     def component(self, key: str, raw: Any, options: dict[str, set[str]]) -> dict[str, Any]:
         if isinstance(raw, str):
@@ -432,6 +451,8 @@ class _Validator:
             self.fail(key, "a range needs both low and high")
         if len(kinds) != 1:
             self.fail(key, "give exactly one of value (fixed), values (a choice list) or low/high (a range)")
+        if name == "weights":
+            spec = self.weights(key, spec)
         if "value" in spec:
             self.check_value(key, name, spec["value"])
             return Param(name, value=spec["value"], when=when)
@@ -471,6 +492,35 @@ class _Validator:
             self.fail(key, f"{name} takes whole numbers; give whole low, high and step")
         return Param(name, low=low, high=high, log=log, step=step, when=when)
 
+    def weights(self, key: str, spec: dict[str, Any]) -> dict[str, Any]:
+        """``weights`` takes none, imagenet or a file path; paths are made absolute from the YAML's folder.
+
+        The file is checked when a YAML is read (not when a stored config is,
+        which may be on a machine that only inspects the study).
+        """
+        if "value" not in spec and "values" not in spec:
+            self.fail(key, "weights is categorical: use value: none | imagenet | path, or values: [...]")
+
+        def one(value: Any) -> str:
+            if not isinstance(value, str) or not value.strip():
+                self.fail(key, f"weights must be none, imagenet or the path of a .weights.h5 file, got {value!r}")
+            if value in WEIGHTS:
+                return value
+            path = os.path.expanduser(value)
+            if self.base_dir is not None:
+                path = os.path.normpath(os.path.join(self.base_dir, path))
+                if not os.path.isfile(path):
+                    self.fail(key, f"weights file {path} does not exist; give none, imagenet or an existing "
+                                   ".weights.h5 file (sweeps export --format backbone writes one)")
+            return path
+
+        out = dict(spec)
+        if "value" in spec:
+            out["value"] = one(spec["value"])
+        elif isinstance(spec["values"], list):
+            out["values"] = [one(x) for x in spec["values"]]
+        return out
+
     def _when(self, key: str, raw: Any) -> dict[str, list[Any]]:
         if raw is None:
             return {}
@@ -480,6 +530,8 @@ class _Validator:
 
     def check_value(self, key: str, name: str, value: Any) -> None:
         default = PARAMETER_DEFAULTS[name]
+        if name == "weights":
+            return
         if name in BOOLEANS:
             if not isinstance(value, bool):
                 self.fail(key, f"{name} must be true or false, got {value!r}")

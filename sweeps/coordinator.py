@@ -290,7 +290,7 @@ class Coordinator:
         import ray
         from ray.exceptions import RayActorError, RayError, RayTaskError
 
-        from workers.remote import ReportBroker, TrainerWorker
+        from workers.remote import DATASET_ERROR, ReportBroker, TrainerWorker
 
         cfg = self.config
         if self.arrays.skipped:
@@ -303,7 +303,8 @@ class Coordinator:
         tally = self._count()
         slots = max(1, min(cfg.parallel, self.n_trials - tally.finished))
         idle = [worker_cls.remote(threads) for _ in range(slots)]
-        data_ref = ray.put(self.arrays.training_only())     # the test split never reaches a trial
+        # the test split never reaches a trial; a folder goes by path, read on each worker's machine
+        data_ref = ray.put(datasets.reference(cfg.dataset.to_dict(), cfg.seed, self.arrays))
         in_flight: dict[Any, tuple[int, Any]] = {}     # result ref -> (trial number, worker)
         self.progress.last = f"starting {slots} worker(s)"
         self.on_progress(self.progress)
@@ -348,7 +349,15 @@ class Coordinator:
                     ray.kill(worker)
                     worker = worker_cls.remote(threads)
                 broker.release.remote(number)
-                self._tell(number, result, fault=True)
+                unreadable = result.reason.startswith(DATASET_ERROR)
+                self._tell(number, result, fault=not unreadable)
+                if unreadable:      # every trial would fail the same way: stop, leaving retries queued
+                    for n, w in list(in_flight.values()):
+                        ray.kill(w)
+                        self._tell(n, TrialResult(n, TrialState.FAILED, None, 0, "stopped: a worker cannot read "
+                                                  "the dataset"), fault=False)
+                    raise SweepsError(f"trial {number}: {result.reason}; `sweeps resume` continues the sweep "
+                                      "once every worker can read it")
                 idle.append(worker)
 
     def _launch(self) -> tuple[int, TrialSpec] | None:
@@ -370,7 +379,8 @@ class Coordinator:
         if fixed:
             trial.set_user_attr("fixed_params", fixed)
         checkpoint = None
-        if recovery.RETRY_OF in attrs and self.checkpoints is not None:
+        folds = self.config.dataset.folds or 0
+        if recovery.RETRY_OF in attrs and self.checkpoints is not None and not folds:   # folds start over
             checkpoint = self.checkpoints.load(recovery.config_id(trial.number, attrs))
         if checkpoint is not None:
             meta = read_meta(checkpoint)
@@ -383,7 +393,8 @@ class Coordinator:
         spec = TrialSpec(number=trial.number, params=space.trial_params(chosen), epochs=self.config.epochs,
                          seed=seed, metric=self.config.metric, flip=self.config.dataset.flip,
                          threads=max(1, int(self.config.cpus)), checkpoint=checkpoint,
-                         save_checkpoints=self.checkpoints is not None, deterministic=self.config.deterministic)
+                         save_checkpoints=self.checkpoints is not None, deterministic=self.config.deterministic,
+                         folds=folds)
         return trial.number, spec
 
     def _relay(self, report: EpochReport) -> Decision:
@@ -402,7 +413,7 @@ class Coordinator:
             self._db(lambda: trial.report(report.value, report.epoch))
         except optuna.exceptions.UpdateFinishedTrialError:
             return Decision.PRUNE     # another coordinator took this trial for lost meanwhile
-        if report.epoch >= self.config.epochs:  # fully trained: keep it as a complete trial
+        if report.epoch >= self.config.steps:  # fully trained: keep it as a complete trial
             return Decision.CONTINUE
         return Decision.PRUNE if self._db(trial.should_prune) else Decision.CONTINUE
 

@@ -1,5 +1,8 @@
 """Best trial -> a model to serve: ``.keras``, a SavedModel in TensorFlow Serving's layout, or TFLite.
 
+``backbone`` writes only the keras.applications backbone's weights
+(``.weights.h5``): the file another sweep's ``weights:`` starts from.
+
 The weights come from the best trial's kept checkpoint (its best epoch), or,
 when none was kept, from retraining its parameters with its seed. The
 exported model takes float32 images scaled to [0, 1], shaped like the
@@ -21,7 +24,7 @@ import numpy as np
 from sweeps.errors import SweepsError
 from workers import data as datasets
 
-FORMATS = ("keras", "saved_model", "tflite")
+FORMATS = ("keras", "saved_model", "tflite", "backbone")   # backbone: weights: FILE for transfer learning
 QUANTIZE = ("none", "float16", "int8")
 FLAG_DROP = 0.01      # a quantised model more than 1 point below the original is flagged
 
@@ -63,7 +66,17 @@ def export_best(study_name: str, storage_url: str | None, *, fmt: str, out: str,
     os.makedirs(out, exist_ok=True)
     name = _safe(study_name)
     say(f"exporting trial {best.number} as {fmt}" + (f" ({quantize})" if quantize != "none" else ""))
-    if fmt == "keras":
+    if fmt == "backbone":
+        from workers.models import backbone
+
+        base = backbone(model)
+        if base is None:
+            raise SweepsError(f"trial {best.number} is a {best.params.get('architecture', 'simple_cnn')}, which has no "
+                              "pretrainable backbone; --format backbone needs mobilenet_v2 or efficientnet_b0")
+        path = os.path.join(out, f"{name}-{base.name}.weights.h5")
+        base.save_weights(path)
+        exported, size = original, os.path.getsize(path)      # the head is not in the file: nothing to compare
+    elif fmt == "keras":
         path = os.path.join(out, f"{name}.keras")
         model.save(path)
         exported = _accuracy(lambda x: keras.models.load_model(path).predict(x, batch_size=256, verbose=0), data)

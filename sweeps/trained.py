@@ -115,7 +115,8 @@ def retrain(config: SweepConfig, trial: optuna.trial.FrozenTrial, data: datasets
     reporter = KeepLast()
     seed = trial.user_attrs.get("seed", trial_seed(config.seed, trial.number))
     result = train_trial(TrialSpec(trial.number, trial_params(trial), epochs, seed, config.metric,
-                                   config.dataset.flip, threads=threads, deterministic=config.deterministic),
+                                   config.dataset.flip, threads=threads, deterministic=config.deterministic,
+                                   folds=config.dataset.folds or 0),
                          data.training_only(), reporter)
     if reporter.last is None or result.value is None:
         raise SweepsError(f"retraining trial {trial.number} measured nothing ({result.reason or 'no epoch ran'})")
@@ -128,6 +129,7 @@ def serving_model(weights: list[np.ndarray], params: dict[str, Any], config: Swe
     """The trained network without its (training-only) augmentation layers, weights copied layer by layer."""
     from workers import augment, models
 
+    params = dict(params, weights="none")      # the trial's weights replace any starting weights
     trained = models.build(params, data.input_shape, data.n_classes,
                            augment.layers(params["augment"], config.dataset.flip, seed=0,
                                           erasing=params["random_erasing"]))
@@ -162,7 +164,7 @@ def rerun(study_name: str, storage_url: str | None, number: int, *, say: Say = l
     config = load_config(study)
     trial = pick_trial(study, number)
     data = load_data(config, study_name, say)
-    epochs = int(trial.user_attrs.get("epochs_run", config.epochs))
+    epochs = config.epochs if config.dataset.folds else int(trial.user_attrs.get("epochs_run", config.epochs))
     say(f"retraining trial {number}: {epochs} epochs, seed {trial.user_attrs.get('seed')}")
     _, value = retrain(config, trial, data, epochs)
     maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE

@@ -53,6 +53,11 @@ BAD = {
     "grace period too short": (_with(recovery={"heartbeat_interval": 10, "grace_period": 15}),
                                "recovery.grace_period: must be at least twice heartbeat_interval"),
     "checkpoint store scheme": (_with(checkpoints={"store": "gs://bucket"}), "checkpoints.store: only folders and s3://"),
+    "missing weights file": (_with_param("weights", "nowhere/backbone.weights.h5"),
+                             "parameters.weights: weights file"),
+    "weights as a range": (_with_param("weights", {"low": 0, "high": 1}), "parameters.weights: weights is categorical"),
+    "one fold": (_with(dataset={"name": "digits", "folds": 1}), "dataset.folds: must be at least 2"),
+    "max_images too small": (_with(dataset={"name": "digits", "max_images": 5}), "dataset.max_images: must be at least 20"),
 }
 
 
@@ -161,3 +166,17 @@ def test_boolean_and_choice_parameters(tmp_path: Path) -> None:
     cfg = _load(tmp_path, _with(parameters={**TINY_SPACE["parameters"], "lr_schedule": {"values": ["constant", "cosine"]},
                                             "early_stopping": 3, "class_weight": "balanced"}))
     assert cfg.parameters["early_stopping"].value == 3 and cfg.parameters["class_weight"].value == "balanced"
+
+
+def test_weights_path_is_taken_from_the_yaml_folder_and_checked(tmp_path: Path) -> None:
+    (tmp_path / "pre.weights.h5").write_bytes(b"x")
+    cfg = _load(tmp_path, _with_param("weights", {"values": ["none", "imagenet", "pre.weights.h5"]}))
+    assert cfg.parameters["weights"].values == ["none", "imagenet", str(tmp_path / "pre.weights.h5")]
+    stored = config.from_dict(yaml.safe_load(yaml.safe_dump(cfg.to_dict())), source="study x")
+    assert stored.parameters["weights"].values == cfg.parameters["weights"].values
+
+
+def test_folds_and_max_images_round_trip(tmp_path: Path) -> None:
+    cfg = _load(tmp_path, _with(dataset={"name": "digits", "folds": 4, "max_images": 300}))
+    assert cfg.dataset.folds == 4 and cfg.dataset.max_images == 300
+    assert config.from_dict(cfg.to_dict(), source="study x").dataset == cfg.dataset

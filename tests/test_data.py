@@ -130,3 +130,43 @@ def test_corrupt_images_can_be_skipped_and_are_named(tmp_path: Path) -> None:
     a = data.load({"name": "folder", "path": str(tmp_path), "val_fraction": 0.25, "on_corrupt": "skip"})
     assert a.skipped == (str(tmp_path / "b" / "bad.jpg"),) and len(a.y_train) + len(a.y_val) == 8
     assert a.describe()["skipped_files"] == [str(tmp_path / "b" / "bad.jpg")]
+
+
+def test_folder_is_decoded_once_per_machine_then_read_from_the_cache(tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    _images(tmp_path / "set", "bright", 6, (12, 10), 250)
+    _images(tmp_path / "set", "dark", 6, (12, 10), 5)
+    spec = {"name": "folder", "path": str(tmp_path / "set"), "image_size": [16, 16], "color": "rgb",
+            "val_fraction": 0.34, "test_fraction": 0.0}
+    first = data.load(spec)
+    cached = list((tmp_path / "cache" / "sweeps" / "folders").glob("*.npz"))
+    assert len(cached) == 1
+    decoded = data._CACHE_STATS["decoded"]
+    again = data.load(spec)
+    assert data._CACHE_STATS["decoded"] == decoded, "the second load decoded the images again"
+    assert np.array_equal(first.x_train, again.x_train) and np.array_equal(first.y_val, again.y_val)
+    Image.new("RGB", (12, 10), (0, 0, 0)).save(tmp_path / "set" / "bright" / "0.png")     # an image changed
+    changed = data.load(spec)
+    assert data._CACHE_STATS["decoded"] == decoded + 1
+    assert len(list((tmp_path / "cache" / "sweeps" / "folders").glob("*.npz"))) == 2
+    assert not np.array_equal(changed.x_train, first.x_train) or not np.array_equal(changed.x_val, first.x_val)
+
+
+def test_a_folder_reaches_workers_by_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    _images(tmp_path / "set", "a", 6, (8, 8), 250)
+    _images(tmp_path / "set", "b", 6, (8, 8), 5)
+    spec = {"name": "folder", "path": str(tmp_path / "set"), "val_fraction": 0.34, "test_fraction": 0.0}
+    arrays = data.load(spec, seed=3)
+    ref = data.reference(spec, 3, arrays)
+    assert isinstance(ref, data.FolderRef)
+    worker_arrays, source = ref.materialize()
+    assert source == "cache"                  # the coordinator's load filled this machine's cache
+    assert np.array_equal(worker_arrays.x_train, arrays.x_train) and np.array_equal(worker_arrays.y_val, arrays.y_val)
+    assert ref.materialize()[1] == "memory"   # the same process's next trial
+    digits = data.load({"name": "digits"})
+    assert isinstance(data.reference({"name": "digits"}, 0, digits), data.Arrays)
+    missing = data.FolderRef({**spec, "path": str(tmp_path / "not-mounted")}, 3)
+    with pytest.raises(DatasetError, match=r"this worker \(.*\) cannot see dataset folder .*not-mounted; every machine"):
+        missing.materialize()

@@ -74,7 +74,80 @@ def resnet(params: dict[str, Any], x: Any, input_shape: tuple[int, ...]) -> Any:
     return x
 
 
-ARCHITECTURES: dict[str, Callable[..., Any]] = {"simple_cnn": simple_cnn, "resnet": resnet}
+# keras.applications backbones: (constructor name, smallest input side, input scaling of [0, 1] images).
+# Inputs are resized up to the smallest side the backbone takes; MobileNetV2 wants [-1, 1], EfficientNet
+# rescales [0, 255] itself.
+APPLICATIONS = {
+    "mobilenet_v2": ("MobileNetV2", 32, (2.0, -1.0)),
+    "efficientnet_b0": ("EfficientNetB0", 32, (255.0, 0.0)),
+}
+BACKBONE = "backbone"          # the layer name of a keras.applications backbone inside our models
+
+
+def application(params: dict[str, Any], x: Any, input_shape: tuple[int, ...]) -> Any:
+    """A keras.applications backbone (no top) with ``weights`` none, imagenet or a local weights file.
+
+    Grey images get three channels and small ones are resized up; the
+    backbone's BatchNorm momentum is lowered to ours, since with 0.99-0.999 and
+    the few steps of a small dataset its moving statistics stay near their
+    initial values and inference reads chance (measured).
+    """
+    import keras
+
+    constructor, side, (scale, offset) = APPLICATIONS[params["architecture"]]
+    height, width = max(input_shape[0], side), max(input_shape[1], side)
+    if (height, width) != tuple(input_shape[:2]):
+        x = keras.layers.Resizing(height, width, interpolation="bilinear")(x)
+    if input_shape[-1] == 1:
+        x = keras.layers.Concatenate()([x, x, x])
+    x = keras.layers.Rescaling(scale, offset)(x)
+    weights = params["weights"]
+    try:
+        base = getattr(keras.applications, constructor)(
+            include_top=False, weights=None if weights == "none" else weights, input_shape=(height, width, 3))
+    except Exception as e:   # no network for imagenet, or a file of another backbone
+        where = ("ImageNet weights could not be downloaded" if weights == "imagenet"
+                 else f"weights file {weights} could not be loaded")
+        raise ValueError(f"{params['architecture']}: {where} ({str(e).splitlines()[0][:200]}); use weights: none, "
+                         "a local .weights.h5 file of this backbone (sweeps export --format backbone), or, for "
+                         "imagenet, put Keras's file in ~/.keras/models/") from None
+    base.name = BACKBONE
+    for layer in base.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.momentum = BN_MOMENTUM
+    return base(x)
+
+
+def backbone(model: Any) -> Any | None:
+    """The keras.applications backbone inside a model, if it has one."""
+    return next((layer for layer in model.layers if layer.name == BACKBONE), None)
+
+
+def set_phase(model: Any, params: dict[str, Any], phase: str) -> None:
+    """Which backbone layers train: ``full`` (all), ``frozen`` (none) or ``fine_tune``.
+
+    ``fine_tune`` trains the top ``unfreeze_layers`` layers (0: all) and keeps
+    every BatchNorm layer frozen, so they keep their (pre-trained) statistics
+    and run in inference mode, as the Keras transfer-learning guide advises.
+    """
+    import keras
+
+    base = backbone(model)
+    if base is None:
+        return
+    base.trainable = phase != "frozen"
+    if phase != "fine_tune":
+        for layer in base.layers:
+            layer.trainable = base.trainable
+        return
+    n = params["unfreeze_layers"]
+    for i, layer in enumerate(base.layers):
+        top = n == 0 or i >= len(base.layers) - n
+        layer.trainable = top and not isinstance(layer, keras.layers.BatchNormalization)
+
+
+ARCHITECTURES: dict[str, Callable[..., Any]] = {"simple_cnn": simple_cnn, "resnet": resnet,
+                                               **{name: application for name in APPLICATIONS}}
 
 
 def build(params: dict[str, Any], input_shape: tuple[int, ...], n_classes: int,

@@ -17,7 +17,10 @@ import socket
 import traceback
 from typing import Any
 
+from workers.data import DatasetError, FolderRef
 from workers.spec import Decision, EpochReport, TrialResult, TrialSpec, TrialState
+
+DATASET_ERROR = "dataset not readable on this worker"   # a trial failure that no retry can fix
 
 
 class ReportBroker:
@@ -105,9 +108,15 @@ class TrainerWorker:
     def train(self, spec: TrialSpec, data: Any, broker: Any) -> TrialResult:
         from workers.trainer import train_trial
 
+        source = "object store"
+        try:
+            if isinstance(data, FolderRef):      # an image folder: read here, by path, through the decode cache
+                data, source = data.materialize()
+        except DatasetError as e:     # this machine cannot read the folder: the sweep cannot run here
+            return TrialResult(spec.number, TrialState.FAILED, None, 0, f"{DATASET_ERROR}: {e}")
         try:
             result = train_trial(spec, data, BrokerReporter(broker))
-            result.metrics.update(self.info())
+            result.metrics.update(self.info(), data_source=source)
             return result
         except Exception as e:  # the trial fails; the worker stays usable
             last = traceback.extract_tb(e.__traceback__)[-1:] or [None]

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
-ARCHITECTURES = ("simple_cnn", "resnet")
+ARCHITECTURES = ("simple_cnn", "resnet", "mobilenet_v2", "efficientnet_b0")   # the last two: keras.applications
 CLASS_WEIGHTS = ("none", "balanced")      # balanced: each class weighs n / (k * count), as scikit-learn's
 SAMPLING = ("none", "oversample")         # oversample: repeat each class's images up to the largest class
 LR_SCHEDULES = ("constant", "cosine", "plateau")   # plateau: halve the rate after 2 epochs without improvement
@@ -39,6 +39,10 @@ PARAMETER_DEFAULTS: dict[str, Any] = {
     "early_stopping": 0,        # patience in epochs without improvement; 0: off
     "random_erasing": 0.0,      # 0..1: probability of blanking a random patch of each training image
     "mixup_alpha": 0.0,         # > 0: mixup with weights ~ Beta(alpha, alpha); 0: off
+    "weights": "none",          # mobilenet_v2 / efficientnet_b0: none, imagenet, or a local .weights.h5 file
+    "freeze_epochs": 0,         # transfer learning: epochs with the backbone frozen before fine-tuning
+    "unfreeze_layers": 0,       # then the backbone's top N layers are trained (0: all of them)
+    "fine_tune_lr_factor": 0.1, # at learning_rate times this factor
 }
 
 
@@ -69,6 +73,7 @@ class TrialSpec:
     checkpoint: bytes | None = None   # resume from this (workers/checkpoint.py) instead of epoch 0
     save_checkpoints: bool = True     # send a checkpoint with every epoch report
     deterministic: bool = False       # TensorFlow op determinism (slower; repeats values exactly)
+    folds: int = 0                    # k-fold cross-validation: k models in turn, steps 1..k*epochs
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import time
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -63,6 +64,7 @@ def _report_callback(spec: TrialSpec, reporter: Reporter, maximize: bool) -> Any
             self.epochs_run = 0
             self.state = TrialState.COMPLETE
             self.reason = ""
+            self.stopped = False      # pruned, diverged or early stopped: no further phase
 
         def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
             logs = {k: float(v) for k, v in (logs or {}).items()}
@@ -70,7 +72,7 @@ def _report_callback(spec: TrialSpec, reporter: Reporter, maximize: bool) -> Any
             loss = logs.get("loss", math.nan)
             if not math.isfinite(loss):
                 self.state, self.reason = TrialState.PRUNED, f"diverged: loss became {loss} in epoch {epoch + 1}"
-                self.model.stop_training = True
+                self.model.stop_training = self.stopped = True
                 return
             value = logs[spec.metric]
             weights = self.model.get_weights()
@@ -87,17 +89,79 @@ def _report_callback(spec: TrialSpec, reporter: Reporter, maximize: bool) -> Any
             if decision == Decision.PRUNE:
                 self.state = TrialState.PRUNED
                 self.reason = f"pruned after epoch {epoch + 1} ({spec.metric}={value:.4f})"
-                self.model.stop_training = True
+                self.model.stop_training = self.stopped = True
             elif patience and epoch + 1 - self.best_epoch >= patience and epoch + 1 < spec.epochs:
                 self.reason = (f"early stopped after epoch {epoch + 1}: no better {spec.metric} for {patience} "
                                f"epochs (best at epoch {self.best_epoch})")
-                self.model.stop_training = True
+                self.model.stop_training = self.stopped = True
 
     return ReportCallback()
 
 
 def train_trial(spec: TrialSpec, data: Arrays, reporter: Reporter) -> TrialResult:
     """Train one configuration; the value is the best epoch's metric, and the kept weights are that epoch's."""
+    if spec.folds and data.fold is not None:
+        return _cross_validate(spec, data, reporter)
+    return _train_split(spec, data, reporter)[0]
+
+
+class _FoldReporter:
+    """Fold i's epochs become steps i * epochs + epoch, valued at the running mean over the folds so far.
+
+    A fold's value is its best epoch's so far, so the pruner compares trials
+    on the same footing at every step: the mean of the folds done and the
+    current fold's best.
+    """
+
+    def __init__(self, reporter: Reporter, spec: TrialSpec, fold: int, done: list[float]) -> None:
+        self.reporter, self.spec, self.fold, self.done = reporter, spec, fold, done
+        self.best: float | None = None
+
+    def report(self, report: EpochReport) -> Decision:
+        maximize = self.spec.metric != "val_loss"
+        if self.best is None or (report.value > self.best if maximize else report.value < self.best):
+            self.best = report.value
+        mean = (sum(self.done) + self.best) / (len(self.done) + 1)
+        logs = dict(report.logs, fold=self.fold + 1, fold_value=report.value)
+        return self.reporter.report(EpochReport(self.spec.number, self.fold * self.spec.epochs + report.epoch,
+                                                mean, logs, report.checkpoint))
+
+
+def _cross_validate(spec: TrialSpec, data: Arrays, reporter: Reporter) -> TrialResult:
+    """k models in turn, one per fold; the value is the mean of their best epochs' values.
+
+    A retry starts over (the coordinator gives it no checkpoint); the kept
+    checkpoint is the last fold's, the model `sweeps export` serves.
+    Metrics are out-of-fold: every training image predicted by the model
+    that did not train on it.
+    """
+    k = int(data.fold.max()) + 1
+    done: list[float] = []
+    y_true, y_pred = [], []
+    epochs_run, seconds, found = 0, 0.0, {}
+    for fold in range(k):
+        part = data.split(fold)
+        inner = replace(spec, folds=0, checkpoint=None, seed=spec.seed + fold)
+        result, predicted = _train_split(inner, part, _FoldReporter(reporter, spec, fold, done))
+        epochs_run = fold * spec.epochs + result.epochs_run
+        if result.value is None or result.state != TrialState.COMPLETE:
+            mean = None if result.value is None else (sum(done) + result.value) / (len(done) + 1)
+            return TrialResult(spec.number, result.state, mean, epochs_run,
+                               f"fold {fold + 1}/{k}: {result.reason}" if result.reason else "")
+        done.append(result.value)
+        y_true.append(part.y_val)
+        y_pred.append(predicted)
+        found = result.metrics
+        seconds += found.get("train_seconds", 0.0)
+    out = metrics.classification(np.concatenate(y_true), np.concatenate(y_pred), data.n_classes)
+    out.update({key: found[key] for key in ("param_count", "latency_ms_per_image") if key in found})
+    out.update(folds=k, fold_values=[round(v, 6) for v in done], start_epoch=0, train_seconds=round(seconds, 3),
+               seconds_per_epoch=round(seconds / max(epochs_run, 1), 4))
+    return TrialResult(spec.number, TrialState.COMPLETE, float(np.mean(done)), epochs_run, "", out)
+
+
+def _train_split(spec: TrialSpec, data: Arrays, reporter: Reporter) -> tuple[TrialResult, np.ndarray | None]:
+    """One model on one train / validation split; also its predictions on the validation images."""
     import keras
 
     keras.utils.set_random_seed(spec.seed)
@@ -111,36 +175,45 @@ def train_trial(spec: TrialSpec, data: Arrays, reporter: Reporter) -> TrialResul
     x, y = data.x_train, data.y_train
     if params["sampling"] == "oversample":
         x, y = oversample(x, y, spec.seed)
-    steps = spec.epochs * math.ceil(len(y) / params["batch_size"])
     smoothing, alpha = params["label_smoothing"], params["mixup_alpha"]
     one_hot = smoothing > 0 or alpha > 0       # smoothed and mixed targets are distributions, not indices
     loss = (keras.losses.CategoricalCrossentropy(label_smoothing=smoothing) if one_hot
             else keras.losses.SparseCategoricalCrossentropy())
-    model.compile(optimizer=make_optimizer(params, steps), loss=loss, metrics=["accuracy"])
     maximize = spec.metric != "val_loss"
     callback = _report_callback(spec, reporter, maximize)
-    callbacks = [callback]
-    if params["lr_schedule"] == "plateau":     # before the report callback's stop decisions matter
-        callbacks.insert(0, keras.callbacks.ReduceLROnPlateau(monitor=spec.metric, factor=0.5, patience=2,
-                                                              mode="max" if maximize else "min", verbose=0))
-    start = _resume(model, spec.checkpoint, callback) if spec.checkpoint else 0
     labels, y_val = y, data.y_val
     if one_hot:
         y, y_val = (keras.utils.to_categorical(v, data.n_classes) for v in (y, y_val))
     weights = class_weights(labels, data.n_classes) if params["class_weight"] == "balanced" else None
+    train = _batches(x, y, params["batch_size"], alpha, spec.seed)
+    steps_per_epoch = math.ceil(len(y) / params["batch_size"])
+    phases = _phases(spec.epochs, params["freeze_epochs"] if models.backbone(model) is not None else 0)
+    start = 0
+    if spec.checkpoint:
+        start = ckpt.read_meta(spec.checkpoint)["epoch"]
     started = time.perf_counter()
-    if alpha > 0:      # mixup mixes whole batches: a tf.data pipeline, shuffled each epoch, prefetched
-        model.fit(_mixup_batches(x, y, params["batch_size"], alpha, spec.seed), epochs=spec.epochs,
-                  initial_epoch=start, class_weight=weights, validation_data=(data.x_val, y_val),
-                  callbacks=callbacks, verbose=0)
-    else:
-        model.fit(x, y, batch_size=params["batch_size"], epochs=spec.epochs, initial_epoch=start,
-                  class_weight=weights, validation_data=(data.x_val, y_val), callbacks=callbacks, verbose=0,
-                  shuffle=True)
+    for first, last, phase in phases:
+        if last <= start:
+            continue
+        models.set_phase(model, params, phase)
+        factor = params["fine_tune_lr_factor"] if first > 0 else 1.0     # fine-tuning runs at a lower rate
+        model.compile(optimizer=make_optimizer(dict(params, learning_rate=params["learning_rate"] * factor),
+                                               (last - first) * steps_per_epoch),
+                      loss=loss, metrics=["accuracy"])
+        if spec.checkpoint and start >= first:        # the optimizer state only within the phase that saved it
+            _resume(model, spec.checkpoint, callback, optimizer=start > first)
+        callbacks = [callback]
+        if params["lr_schedule"] == "plateau":     # before the report callback's stop decisions matter
+            callbacks.insert(0, keras.callbacks.ReduceLROnPlateau(monitor=spec.metric, factor=0.5, patience=2,
+                                                                  mode="max" if maximize else "min", verbose=0))
+        model.fit(train, epochs=last, initial_epoch=max(first, start), class_weight=weights,
+                  validation_data=(data.x_val, y_val), callbacks=callbacks, verbose=0, shuffle=False)
+        if callback.stopped:
+            break
     seconds = time.perf_counter() - started
     callback.epochs_run = max(callback.epochs_run, start)
     if callback.best_weights is None:
-        return TrialResult(spec.number, callback.state, None, callback.epochs_run, callback.reason)
+        return TrialResult(spec.number, callback.state, None, callback.epochs_run, callback.reason), None
     model.set_weights(callback.best_weights)
     model.predict(data.x_val[:1], verbose=0)            # warm-up, so the timing below is inference only
     timed = time.perf_counter()
@@ -151,17 +224,32 @@ def train_trial(spec: TrialSpec, data: Arrays, reporter: Reporter) -> TrialResul
                  seconds_per_epoch=round(seconds / max(callback.epochs_run, 1), 4),
                  latency_ms_per_image=round(1000 * latency, 4))
     found.update(start_epoch=start)
-    return TrialResult(spec.number, callback.state, callback.best, callback.epochs_run, callback.reason, found)
+    return TrialResult(spec.number, callback.state, callback.best, callback.epochs_run, callback.reason, found), predicted
 
 
-def _mixup_batches(x: np.ndarray, y: np.ndarray, batch_size: int, alpha: float, seed: int) -> Any:
+def _batches(x: np.ndarray, y: np.ndarray, batch_size: int, alpha: float, seed: int) -> Any:
+    """The training pipeline: in-memory tensors, reshuffled each epoch, mixup per batch, prefetched.
+
+    The images arrive decoded and resized (once per sweep, in the control
+    plane), so there is nothing to cache per trial.
+    """
     import tensorflow as tf
 
-    return (tf.data.Dataset.from_tensor_slices((x, y.astype("float32")))
-            .shuffle(len(x), seed=seed, reshuffle_each_iteration=True)
-            .batch(batch_size)
-            .map(lambda a, b: augment.mixup(a, b, alpha), num_parallel_calls=tf.data.AUTOTUNE)
-            .prefetch(tf.data.AUTOTUNE))
+    ds = (tf.data.Dataset.from_tensor_slices((x, y.astype("float32") if alpha > 0 else y))
+          .shuffle(len(x), seed=seed, reshuffle_each_iteration=True)
+          .batch(batch_size))
+    if alpha > 0:
+        ds = ds.map(lambda a, b: augment.mixup(a, b, alpha), num_parallel_calls=tf.data.AUTOTUNE)
+    return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def _phases(epochs: int, freeze_epochs: int) -> list[tuple[int, int, str]]:
+    """(first epoch, end epoch, phase for models.set_phase): transfer learning trains frozen, then fine-tunes."""
+    if freeze_epochs <= 0:
+        return [(0, epochs, "full")]
+    if freeze_epochs >= epochs:
+        return [(0, epochs, "frozen")]
+    return [(0, freeze_epochs, "frozen"), (freeze_epochs, epochs, "fine_tune")]
 
 
 def class_weights(y: np.ndarray, n_classes: int) -> dict[int, float]:
@@ -183,10 +271,16 @@ def oversample(x: np.ndarray, y: np.ndarray, seed: int) -> tuple[np.ndarray, np.
     return x[order], y[order]
 
 
-def _resume(model: Any, data: bytes, callback: Any) -> int:
+def _resume(model: Any, data: bytes, callback: Any, optimizer: bool = True) -> int:
     """Load weights, optimizer state and best-so-far from a checkpoint; returns the epochs already done."""
     state = ckpt.unpack(data)
     model.set_weights(state.weights)
+    callback.best, callback.best_epoch = state.best, state.best_epoch
+    callback.best_weights = state.best_weights if state.best_weights is not None else state.weights
+    callback.values = dict(state.values)
+    callback.epochs_run = state.epoch
+    if not optimizer:
+        return state.epoch
     optimizer = model.optimizer
     optimizer.build(model.trainable_variables)
     if len(optimizer.variables) != len(state.optimizer):
@@ -194,8 +288,4 @@ def _resume(model: Any, data: bytes, callback: Any) -> int:
                          f"{len(optimizer.variables)}: it was saved by another configuration")
     for variable, value in zip(optimizer.variables, state.optimizer):
         variable.assign(value)
-    callback.best, callback.best_epoch = state.best, state.best_epoch
-    callback.best_weights = state.best_weights if state.best_weights is not None else state.weights
-    callback.values = dict(state.values)
-    callback.epochs_run = state.epoch
     return state.epoch

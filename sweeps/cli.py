@@ -156,6 +156,8 @@ def _print_summary(s: dict[str, Any], as_json: bool) -> int:
               f"of {s['n_trials']} in {s['elapsed_seconds']:.0f}s; best {best}")
         if s["best_params"]:
             print("best params: " + ", ".join(f"{k}={_fmt(v)}" for k, v in s["best_params"].items()))
+        if s.get("gpu_hours_budget"):
+            print(f"GPU time: {s['gpu_hours']:.4f} of {s['gpu_hours_budget']:g} GPU hours")
         if s.get("interrupted"):
             print(f"interrupted; continue with `sweeps resume {s['study']}`")
     if s.get("interrupted"):
@@ -180,7 +182,8 @@ def _status(args: argparse.Namespace) -> int:
     c = s["counts"]
     console = Console(width=None if sys.stdout.isatty() else 250)
     console.print(f"study [bold]{s['study']}[/]: {s['metric']} ({s['direction']}), budget {s['n_trials']} trials, "
-                  f"{s['elapsed_seconds']:.0f}s elapsed")
+                  f"{s['elapsed_seconds']:.0f}s elapsed"
+                  + (f", GPU {s['gpu_hours']:.3f} of {s['gpu_hours_budget']:g} h" if s["gpu_hours_budget"] else ""))
     console.print("  ".join(f"{k.lower()} {v}" for k, v in c.items()))
     if s["best"]:
         b = s["best"]

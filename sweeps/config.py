@@ -36,6 +36,7 @@ PRUNER_OPTIONS = {
 TOP_LEVEL_KEYS = {
     "study", "metric", "dataset", "epochs", "seed", "sampler", "pruner",
     "budget", "parallel", "resources", "parameters", "recovery", "checkpoints", "deterministic",
+    "mixed_precision", "jit_compile", "steps_per_execution",
 }
 RECOVERY_DEFAULTS: dict[str, float] = {
     "max_retries": 2,           # retries of one configuration after worker faults
@@ -153,6 +154,10 @@ class SweepConfig:
     checkpoint_store: str | None = None   # folder or s3://bucket/prefix; None: decided from the storage URL
     keep_best: int = 3                    # finished trials whose last checkpoint is kept
     deterministic: bool = False           # TensorFlow op determinism: `rerun` repeats a value exactly
+    mixed_precision: bool = False         # mixed_float16 on a GPU, mixed_bfloat16 on a CPU
+    jit_compile: bool = False             # XLA-compile the training step
+    steps_per_execution: int = 1          # batches per compiled call: less overhead for small models
+    gpu_hours: float | None = None        # budget: no trial starts once this much GPU time is spent
 
     def to_dict(self) -> dict[str, Any]:
         """The resolved config, in the YAML's own shape (JSON-safe)."""
@@ -163,9 +168,12 @@ class SweepConfig:
             "epochs": self.epochs,
             "seed": self.seed,
             "deterministic": self.deterministic,
+            "mixed_precision": self.mixed_precision,
+            "jit_compile": self.jit_compile,
+            "steps_per_execution": self.steps_per_execution,
             "sampler": dict(self.sampler),
             "pruner": dict(self.pruner),
-            "budget": {"n_trials": self.n_trials, "timeout": self.timeout},
+            "budget": {"n_trials": self.n_trials, "timeout": self.timeout, "gpu_hours": self.gpu_hours},
             "parallel": self.parallel,
             "resources": {"cpus": self.cpus, "gpus": self.gpus},
             "recovery": {"max_retries": self.max_retries, "heartbeat_interval": self.heartbeat_interval,
@@ -231,6 +239,12 @@ def from_dict(raw: Any, *, source: str, base_dir: str | None = None) -> SweepCon
     deterministic = raw.get("deterministic", False)
     if not isinstance(deterministic, bool):
         v.fail("deterministic", f"must be true or false, got {deterministic!r}")
+    flags = {}
+    for key in ("mixed_precision", "jit_compile"):
+        flags[key] = raw.get(key, False)
+        if not isinstance(flags[key], bool):
+            v.fail(key, f"must be true or false, got {flags[key]!r}")
+    steps_per_execution = v.integer("steps_per_execution", raw.get("steps_per_execution", 1), low=1)
     sampler = v.component("sampler", raw.get("sampler", "tpe"), SAMPLER_OPTIONS)
     sampler.setdefault("seed", seed)
     sampler["seed"] = v.integer("sampler.seed", sampler["seed"], low=0)
@@ -239,11 +253,14 @@ def from_dict(raw: Any, *, source: str, base_dir: str | None = None) -> SweepCon
     budget = raw.get("budget", {}) or {}
     if not isinstance(budget, dict):
         v.fail("budget", "must be a mapping such as {n_trials: 20, timeout: 3600}")
-    v.unknown_keys("budget", budget, {"n_trials", "timeout"})
+    v.unknown_keys("budget", budget, {"n_trials", "timeout", "gpu_hours"})
     n_trials = v.integer("budget.n_trials", budget.get("n_trials", 20), low=1)
     timeout = budget.get("timeout")
     if timeout is not None:
         timeout = v.number("budget.timeout", timeout, low=0, low_ok=False)
+    gpu_hours = budget.get("gpu_hours")
+    if gpu_hours is not None:
+        gpu_hours = float(v.number("budget.gpu_hours", gpu_hours, low=0, low_ok=False))
 
     parallel = v.integer("parallel", raw.get("parallel", 1), low=1)
     resources = raw.get("resources", {}) or {}
@@ -252,6 +269,9 @@ def from_dict(raw: Any, *, source: str, base_dir: str | None = None) -> SweepCon
     v.unknown_keys("resources", resources, {"cpus", "gpus"})
     cpus = v.number("resources.cpus", resources.get("cpus", 1), low=0)
     gpus = v.number("resources.gpus", resources.get("gpus", 0), low=0)
+    if gpu_hours is not None and gpus == 0:
+        v.fail("budget.gpu_hours", "counts GPU time, but resources.gpus is 0; set resources.gpus (e.g. 0.25) "
+                                   "or use budget.timeout")
 
     recovery = v.mapping("recovery", raw.get("recovery"), set(RECOVERY_DEFAULTS))
     max_retries = v.integer("recovery.max_retries", recovery.get("max_retries", 2), low=0)
@@ -282,6 +302,7 @@ def from_dict(raw: Any, *, source: str, base_dir: str | None = None) -> SweepCon
         max_retries=max_retries, heartbeat_interval=timing["heartbeat_interval"],
         grace_period=timing["grace_period"], database_timeout=timing["database_timeout"],
         checkpoint_store=store, keep_best=keep_best, deterministic=deterministic,
+        steps_per_execution=steps_per_execution, gpu_hours=gpu_hours, **flags,
     )
 
 

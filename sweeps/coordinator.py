@@ -62,7 +62,10 @@ class Progress:
     best_number: int | None = None
     started: float = field(default_factory=time.monotonic)
     timeout: float | None = None
+    gpu_hours: float | None = None           # GPU time spent by the study so far (when budgeted)
+    gpu_budget: float | None = None
     stopping: bool = False
+    stop_reason: str = ""            # a budget that ended the launching (timeout, GPU hours)
     last: str = ""                   # one line about the latest event
 
     @property
@@ -169,7 +172,7 @@ class Coordinator:
         self.n_trials = config.n_trials
         if config.sampler["name"] == "grid":
             self.n_trials = min(self.n_trials, space.grid_size(config.parameters))
-        self.progress = Progress(config.study, self.n_trials, timeout=config.timeout)
+        self.progress = Progress(config.study, self.n_trials, timeout=config.timeout, gpu_budget=config.gpu_hours)
         self.trials: dict[int, optuna.Trial] = {}     # running here: number -> trial
         self.attrs: dict[int, dict[str, Any]] = {}    # running here: number -> user attrs at launch
         self.interrupts = 0
@@ -197,7 +200,10 @@ class Coordinator:
     # -- budget -------------------------------------------------------------------------------
     def _count(self) -> recovery.Tally:
         p = self.progress
-        tally = recovery.tally(self._db(lambda: self.study.get_trials(deepcopy=False)))
+        trials = self._db(lambda: self.study.get_trials(deepcopy=False))
+        tally = recovery.tally(trials)
+        if self.config.gpu_hours is not None:
+            p.gpu_hours = recovery.gpu_hours(trials, self.config.gpus)
         p.complete, p.pruned, p.failed = tally.complete, tally.pruned, tally.failed
         p.running, p.waiting, p.retried = tally.running, tally.waiting, tally.retried
         try:
@@ -213,6 +219,13 @@ class Coordinator:
             return False
         if self.config.timeout is not None and p.elapsed >= self.config.timeout:
             p.stopping, p.last = True, f"timeout of {self.config.timeout:g}s reached; letting running trials finish"
+            p.stop_reason = p.last
+            return False
+        if p.gpu_budget is not None and p.gpu_hours is not None and p.gpu_hours >= p.gpu_budget:
+            p.stopping = True
+            p.last = (f"GPU-hour budget of {p.gpu_budget:g} reached ({p.gpu_hours:.4f} spent); "
+                      "letting running trials finish")
+            p.stop_reason = p.last
             return False
         return tally.waiting > 0 or tally.finished + tally.running + tally.waiting < self.n_trials
 
@@ -394,7 +407,8 @@ class Coordinator:
                          seed=seed, metric=self.config.metric, flip=self.config.dataset.flip,
                          threads=max(1, int(self.config.cpus)), checkpoint=checkpoint,
                          save_checkpoints=self.checkpoints is not None, deterministic=self.config.deterministic,
-                         folds=folds)
+                         folds=folds, mixed_precision=self.config.mixed_precision,
+                         jit_compile=self.config.jit_compile, steps_per_execution=self.config.steps_per_execution)
         return trial.number, spec
 
     def _relay(self, report: EpochReport) -> Decision:
@@ -508,6 +522,8 @@ class Coordinator:
             "failed": p.failed, "retried": p.retried, "best_value": p.best_value, "best_trial": p.best_number,
             "best_params": self.study.best_trial.params if p.best_number is not None else None,
             "elapsed_seconds": round(p.elapsed, 1), "budget_met": p.finished >= p.n_trials,
+            "gpu_hours": p.gpu_hours, "gpu_hours_budget": p.gpu_budget,
+            "stopped_by": p.stop_reason or None,
         }
 
 

@@ -21,6 +21,8 @@ def _clock(seconds: float) -> str:
 def line(p: Progress) -> str:
     left = p.n_trials - p.finished
     budget = f"{left} trials left" + (f", {_clock(max(0, p.timeout - p.elapsed))} of timeout" if p.timeout else "")
+    if p.gpu_budget is not None:
+        budget += f", GPU {p.gpu_hours or 0:.3f} of {p.gpu_budget:g} h"
     return (f"[{p.finished}/{p.n_trials}] complete {p.complete} | pruned {p.pruned} | failed {p.failed} | "
             f"running {p.running}{f' | retried {p.retried}' if p.retried else ''} | best {_best(p)} | {_clock(p.elapsed)} elapsed | {budget}")
 
@@ -54,8 +56,9 @@ class LiveProgress:
         if self.quiet:
             return
         if self._progress is not None:
+            gpu = f"GPU {p.gpu_hours or 0:.3f}/{p.gpu_budget:g} h " if p.gpu_budget is not None else ""
             detail = (f"complete {p.complete} pruned {p.pruned} failed {p.failed} running {p.running} "
-                      f"best {_best(p)}  {p.last}")
+                      f"best {_best(p)} {gpu} {p.last}")
             if self._task is None:
                 self._task = self._progress.add_task(p.study, total=p.n_trials, detail=detail)
             self._progress.update(self._task, completed=p.finished, detail=detail)

@@ -9,6 +9,7 @@ retry does not count, the retry does.
 
 from __future__ import annotations
 
+import datetime
 from dataclasses import dataclass
 from typing import Any, Iterable
 
@@ -105,3 +106,15 @@ def fail_stale(study: optuna.Study, storage: Any, stale_ids: list[int], *, grace
         enqueue_retry(study, trial.number, trial.params, trial.user_attrs, fault=False, max_retries=max_retries)
         lost.append(trial.number)
     return lost
+
+
+def gpu_hours(trials: Iterable[FrozenTrial], gpus: float) -> float:
+    """GPU time spent by the study: each started trial's wall time (so far, if running) times its GPU share.
+
+    Read from the trials' own start and end times, so every coordinator of
+    the study counts the same hours (Optuna stores them in local time).
+    """
+    now = datetime.datetime.now()
+    seconds = sum(((t.datetime_complete or now) - t.datetime_start).total_seconds()
+                  for t in trials if t.datetime_start is not None and t.state != TrialState.WAITING)
+    return max(0.0, seconds) * gpus / 3600.0

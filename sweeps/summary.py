@@ -8,6 +8,7 @@ import optuna
 
 from sweeps.coordinator import CONFIG_ATTR, REASON_ATTR, load_study
 from sweeps.errors import SweepsError
+from sweeps.recovery import gpu_hours
 from sweeps.storage import open_storage
 
 STATES = ("COMPLETE", "PRUNED", "FAIL", "RUNNING", "WAITING")
@@ -44,6 +45,8 @@ def status(name: str, storage_url: str | None) -> dict[str, Any]:
         "counts": counts,
         "best": None if best is None else {"number": best.number, "value": best.value, "params": best.params},
         "elapsed_seconds": round(elapsed, 1),
+        "gpu_hours": round(gpu_hours(trials, config.get("resources", {}).get("gpus", 0) or 0), 5),
+        "gpu_hours_budget": config.get("budget", {}).get("gpu_hours"),
         "trials": [_trial_row(t) for t in trials],
     }
 

@@ -116,7 +116,8 @@ def retrain(config: SweepConfig, trial: optuna.trial.FrozenTrial, data: datasets
     seed = trial.user_attrs.get("seed", trial_seed(config.seed, trial.number))
     result = train_trial(TrialSpec(trial.number, trial_params(trial), epochs, seed, config.metric,
                                    config.dataset.flip, threads=threads, deterministic=config.deterministic,
-                                   folds=config.dataset.folds or 0),
+                                   folds=config.dataset.folds or 0, mixed_precision=config.mixed_precision,
+                                   jit_compile=config.jit_compile, steps_per_execution=config.steps_per_execution),
                          data.training_only(), reporter)
     if reporter.last is None or result.value is None:
         raise SweepsError(f"retraining trial {trial.number} measured nothing ({result.reason or 'no epoch ran'})")

@@ -3,6 +3,7 @@ processes on loopback, a sweep dispatched through the head, trials landing on bo
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -31,10 +32,10 @@ def _free_port() -> int:
             return port
 
 
-def _node(*args: str, temp_dir: Path) -> subprocess.Popen[bytes]:
+def _node(*args: str, temp_dir: Path, gpus: int = 0, cpus: int = 1) -> subprocess.Popen[bytes]:
     env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
-    return subprocess.Popen([RAY, "start", "--block", "--node-ip-address=127.0.0.1", "--num-cpus=1", "--num-gpus=0",
-                             *args], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    return subprocess.Popen([RAY, "start", "--block", "--node-ip-address=127.0.0.1", f"--num-cpus={cpus}",
+                             f"--num-gpus={gpus}", *args], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             stdin=subprocess.DEVNULL, start_new_session=True)
 
 
@@ -89,3 +90,49 @@ def test_sweep_through_a_ray_head_lands_on_both_nodes(two_nodes: str, pg_url: st
     assert all(t.user_attrs["node_ip"] for t in trials)       # Ray picks the address it registers itself
     assert len({t.user_attrs["host"] for t in trials}) == 1    # two nodes, one machine
     assert {t.user_attrs["device"] for t in trials} == {"CPU"}
+
+
+@pytest.fixture()
+def gpu_head(tmp_path: Path) -> Iterator[str]:
+    """A one-node Ray cluster that declares one GPU: Ray's real GPU accounting, trials on the CPU."""
+    port = _free_port()
+    address = f"127.0.0.1:{port}"
+    head = _node("--head", f"--port={port}", "--include-dashboard=false", "--disable-usage-stats",
+                 temp_dir=tmp_path, gpus=1, cpus=2)
+    try:
+        env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
+        deadline = time.monotonic() + 90
+        while subprocess.run([RAY, "status", f"--address={address}"], env=env, capture_output=True).returncode:
+            assert head.poll() is None and time.monotonic() < deadline, "the Ray head did not start"
+            time.sleep(1)
+        yield address
+    finally:
+        _stop(head)
+
+
+def test_gpu_hour_budget_stops_launching_and_packs_two_trials_per_gpu(gpu_head: str, tmp_path: Path) -> None:
+    budget = 0.004           # 14.4 GPU-seconds: two trials of half a GPU spend it in about 14 s of wall time
+    space = write_space(tmp_path, study="gpu-budget", budget={"n_trials": 40, "gpu_hours": budget}, parallel=2,
+                        epochs=3, resources={"cpus": 1, "gpus": 0.5}, pruner={"name": "none"})
+    url = f"sqlite:///{tmp_path}/sweeps.db"
+    done = run_cli("run", str(space), "--storage", url, "--ray-address", gpu_head, "--json", timeout=600,
+                   RAY_AUTH_MODE="disabled")
+    assert done.returncode == 0, done.stderr
+    summary = json.loads(done.stdout)
+    assert "GPU-hour budget of 0.004 reached" in summary["stopped_by"]
+    trials = optuna.load_study(study_name="gpu-budget", storage=url).trials
+    finished = [t for t in trials if t.state.is_finished()]
+    assert 2 <= len(finished) < 40 and len(finished) == len(trials)
+    spent = sum((t.datetime_complete - t.datetime_start).total_seconds() for t in finished) * 0.5 / 3600
+    assert spent >= budget and summary["gpu_hours"] >= budget
+    # no trial started after the budget was spent: the last start came before the hours ran out
+    starts = sorted(t.datetime_start for t in finished)
+    spent_before_last = sum((min(t.datetime_complete, starts[-1]) - t.datetime_start).total_seconds()
+                            for t in finished if t.datetime_start < starts[-1]) * 0.5 / 3600
+    assert spent_before_last < budget
+    # Ray packed two half-GPU trials on the one GPU at once
+    overlapping = any(a.datetime_start < b.datetime_complete and b.datetime_start < a.datetime_complete
+                      for i, a in enumerate(finished) for b in finished[i + 1:])
+    assert overlapping
+    status = run_cli("status", "gpu-budget", "--storage", url)
+    assert "GPU" in status.stdout and "of 0.004 h" in status.stdout

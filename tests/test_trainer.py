@@ -283,3 +283,31 @@ def test_worker_that_cannot_see_the_folder_fails_the_trial_with_one_clear_reason
     result = TrainerWorker(1).train(_spec(epochs=1), ref, broker=None)
     assert result.state == TrialState.FAILED and result.epochs_run == 0
     assert result.reason.startswith(f"{DATASET_ERROR}: this worker (") and "not-mounted" in result.reason
+
+
+@pytest.mark.parametrize("options", [{"mixed_precision": True}, {"jit_compile": True, "steps_per_execution": 4}])
+def test_speed_options_train_and_leave_the_worker_as_it_was(digits: data.Arrays, options: dict) -> None:
+    import keras
+
+    spec = TrialSpec(number=0, params={**PARAMETER_DEFAULTS, "width": 8, "learning_rate": 1e-2}, epochs=3, seed=1,
+                     **options)
+    reporter = ListReporter()
+    result = train_trial(spec, digits, reporter)
+    assert result.state == TrialState.COMPLETE and len(reporter.reports) == 3 and result.value > 0.5
+    assert keras.mixed_precision.global_policy().name == "float32"     # the next trial starts clean
+
+
+def test_mixed_precision_computes_in_half_precision_with_float32_outputs(digits: data.Arrays) -> None:
+    import keras
+
+    from workers.trainer import mixed_policy
+
+    keras.mixed_precision.set_global_policy(mixed_policy())
+    try:
+        model = models.build({**PARAMETER_DEFAULTS, "width": 8}, digits.input_shape, 10)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    conv = next(layer for layer in model.layers if isinstance(layer, keras.layers.Conv2D))
+    half = "float16" if mixed_policy() == "mixed_float16" else "bfloat16"      # GPU / CPU
+    assert conv.compute_dtype == half and conv.kernel.dtype == "float32"
+    assert model.output.dtype == "float32"

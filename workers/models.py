@@ -163,5 +163,7 @@ def build(params: dict[str, Any], input_shape: tuple[int, ...], n_classes: int,
     x = keras.layers.GlobalAveragePooling2D()(x)
     if params["dropout"] > 0:
         x = keras.layers.Dropout(params["dropout"])(x)
-    outputs = keras.layers.Dense(n_classes, activation="softmax", kernel_regularizer=_regularizer(params))(x)
+    # float32 probabilities under a mixed-precision policy too: a float16 softmax loses the small ones
+    outputs = keras.layers.Dense(n_classes, activation="softmax", kernel_regularizer=_regularizer(params),
+                                 dtype="float32")(x)
     return keras.Model(inputs, outputs, name=params["architecture"])

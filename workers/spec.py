@@ -74,6 +74,9 @@ class TrialSpec:
     save_checkpoints: bool = True     # send a checkpoint with every epoch report
     deterministic: bool = False       # TensorFlow op determinism (slower; repeats values exactly)
     folds: int = 0                    # k-fold cross-validation: k models in turn, steps 1..k*epochs
+    mixed_precision: bool = False     # mixed_float16 on a GPU, mixed_bfloat16 on a CPU
+    jit_compile: bool = False         # XLA
+    steps_per_execution: int = 1
 
 
 @dataclass(frozen=True)

@@ -100,9 +100,23 @@ def _report_callback(spec: TrialSpec, reporter: Reporter, maximize: bool) -> Any
 
 def train_trial(spec: TrialSpec, data: Arrays, reporter: Reporter) -> TrialResult:
     """Train one configuration; the value is the best epoch's metric, and the kept weights are that epoch's."""
-    if spec.folds and data.fold is not None:
-        return _cross_validate(spec, data, reporter)
-    return _train_split(spec, data, reporter)[0]
+    import keras
+
+    if spec.mixed_precision:            # the worker is long-lived: the policy is set per trial and put back
+        keras.mixed_precision.set_global_policy(mixed_policy())
+    try:
+        if spec.folds and data.fold is not None:
+            return _cross_validate(spec, data, reporter)
+        return _train_split(spec, data, reporter)[0]
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+
+
+def mixed_policy() -> str:
+    """float16 compute where the GPU has tensor cores for it, bfloat16 on a CPU (float16 is slow there)."""
+    import tensorflow as tf
+
+    return "mixed_float16" if tf.config.list_physical_devices("GPU") else "mixed_bfloat16"
 
 
 class _FoldReporter:
@@ -199,7 +213,8 @@ def _train_split(spec: TrialSpec, data: Arrays, reporter: Reporter) -> tuple[Tri
         factor = params["fine_tune_lr_factor"] if first > 0 else 1.0     # fine-tuning runs at a lower rate
         model.compile(optimizer=make_optimizer(dict(params, learning_rate=params["learning_rate"] * factor),
                                                (last - first) * steps_per_epoch),
-                      loss=loss, metrics=["accuracy"])
+                      loss=loss, metrics=["accuracy"], jit_compile=spec.jit_compile,
+                      steps_per_execution=spec.steps_per_execution)
         if spec.checkpoint and start >= first:        # the optimizer state only within the phase that saved it
             _resume(model, spec.checkpoint, callback, optimizer=start > first)
         callbacks = [callback]

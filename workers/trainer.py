@@ -65,8 +65,24 @@ def _report_callback(spec: TrialSpec, reporter: Reporter, maximize: bool) -> Any
             self.state = TrialState.COMPLETE
             self.reason = ""
             self.stopped = False      # pruned, diverged or early stopped: no further phase
+            self.epoch_seconds: list[float] = []    # each epoch, training, validation and report included
+            self._mark = 0.0
+
+        def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
+            self._mark = time.perf_counter()
+
+        def _lap(self) -> None:
+            now = time.perf_counter()
+            self.epoch_seconds.append(round(now - self._mark, 4))
+            self._mark = now
 
         def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+            try:
+                self._epoch_end(epoch, logs)
+            finally:
+                self._lap()
+
+        def _epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
             logs = {k: float(v) for k, v in (logs or {}).items()}
             self.epochs_run = epoch + 1
             loss = logs.get("loss", math.nan)
@@ -237,7 +253,7 @@ def _train_split(spec: TrialSpec, data: Arrays, reporter: Reporter) -> tuple[Tri
     found = metrics.classification(data.y_val, predicted, data.n_classes)
     found.update(param_count=int(model.count_params()), train_seconds=round(seconds, 3),
                  seconds_per_epoch=round(seconds / max(callback.epochs_run, 1), 4),
-                 latency_ms_per_image=round(1000 * latency, 4))
+                 latency_ms_per_image=round(1000 * latency, 4), epoch_seconds=callback.epoch_seconds)
     found.update(start_epoch=start)
     return TrialResult(spec.number, callback.state, callback.best, callback.epochs_run, callback.reason, found), predicted
 

@@ -1,0 +1,105 @@
+"""Issue 5, benchmark 3: what a sweep trial costs per epoch over a bare ``model.fit``.
+
+    .venv/bin/python benchmarks/epoch_cost.py [--epochs 6] [--repeats 3]
+
+The same model (simple_cnn, width 32, depth 2, the workers' builder), the
+same data (the 5,000 MNIST images' training split), batch size 64 and 2
+TensorFlow threads, trained two ways, alternating, ``--repeats`` times:
+
+- bare: the 20-line script below, in a fresh Python process: ``model.fit``
+  on the arrays, nothing else;
+- sweep: ``sweeps run`` on a one-trial YAML (SQLite, one worker of 2 CPUs),
+  the whole path: Ray actor, object-store data, tf.data pipeline, the
+  per-epoch report round trip to the coordinator and its checkpoint.
+
+Each side's time is its ``fit`` wall time over all epochs except the first
+(the first pays for tracing in both), read from per-epoch timestamps: the
+bare script's own, and, for the sweep, the trial's ``epoch_seconds`` user
+attribute. Prints a Markdown table row with the medians and their ratio.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import optuna
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+
+BARE = r'''
+import json, os, sys, time
+os.environ["TF_CPP_MIN_LOG_LEVEL"] = "2"
+import keras
+from workers import data, models
+from workers.spec import PARAMETER_DEFAULTS
+from workers.trainer import configure_threads
+configure_threads(2)
+epochs = int(sys.argv[1])
+d = data.load({"name": "mnist", "val_fraction": 0.2, "test_fraction": 0.1}, seed=0)
+keras.utils.set_random_seed(0)
+model = models.build(dict(PARAMETER_DEFAULTS), d.input_shape, d.n_classes)
+model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+ends = []
+stamp = keras.callbacks.LambdaCallback(on_epoch_end=lambda e, logs: ends.append(time.perf_counter()))
+start = time.perf_counter()
+model.fit(d.x_train, d.y_train, batch_size=64, epochs=epochs, validation_data=(d.x_val, d.y_val), verbose=0,
+          callbacks=[stamp])
+print(json.dumps([ends[0] - start] + [b - a for a, b in zip(ends, ends[1:])]))
+'''
+
+SPACE = {
+    "study": "epoch-cost", "dataset": {"name": "mnist", "val_fraction": 0.2}, "seed": 0,
+    "sampler": {"name": "random"}, "pruner": {"name": "none"}, "budget": {"n_trials": 1}, "parallel": 1,
+    "resources": {"cpus": 2}, "parameters": {"learning_rate": 1e-3, "batch_size": 64, "optimizer": "adam"},
+}
+
+
+def bare(epochs: int) -> list[float]:
+    out = subprocess.run([sys.executable, "-c", BARE, str(epochs)], cwd=ROOT, check=True, capture_output=True,
+                         text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def sweep(epochs: int) -> list[float]:
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "space.yaml"
+        path.write_text(yaml.safe_dump({**SPACE, "epochs": epochs}))
+        url = f"sqlite:///{tmp}/sweeps.db"
+        subprocess.run([sys.executable, "-m", "sweeps.cli", "run", str(path), "--storage", url, "--quiet"],
+                       cwd=ROOT, check=True, capture_output=True)
+        trial = optuna.load_study(study_name="epoch-cost", storage=url).trials[0]
+        return list(trial.user_attrs["epoch_seconds"])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--epochs", type=int, default=6)
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    runs: dict[str, list[float]] = {"bare": [], "sweep": []}
+    for i in range(args.repeats):
+        for side, fn in (("bare", bare), ("sweep", sweep)) if i % 2 == 0 else (("sweep", sweep), ("bare", bare)):
+            started = time.monotonic()
+            epochs = fn(args.epochs)
+            runs[side].append(sum(epochs[1:]) / (len(epochs) - 1))
+            print(f"{side}: {runs[side][-1]:.3f} s/epoch after the first ({time.monotonic() - started:.0f} s run)",
+                  file=sys.stderr, flush=True)
+    b, s = statistics.median(runs["bare"]), statistics.median(runs["sweep"])
+    print(f"| {datetime.date.today()} | {platform.node()}, {os.cpu_count()} cores, CPU | "
+          f"`benchmarks/epoch_cost.py --epochs {args.epochs} --repeats {args.repeats}` | {b:.3f} s | {s:.3f} s | "
+          f"{s / b:.3f} | {', '.join(f'{x:.3f}' for x in runs['bare'])} / {', '.join(f'{x:.3f}' for x in runs['sweep'])} |")
+
+
+if __name__ == "__main__":
+    main()

@@ -111,7 +111,7 @@ def gpu_head(tmp_path: Path) -> Iterator[str]:
 
 
 def test_gpu_hour_budget_stops_launching_and_packs_two_trials_per_gpu(gpu_head: str, tmp_path: Path) -> None:
-    budget = 0.004           # 14.4 GPU-seconds: two trials of half a GPU spend it in about 14 s of wall time
+    budget = 0.003           # 10.8 GPU-seconds: two trials of half a GPU spend it in about 11 s of wall time
     space = write_space(tmp_path, study="gpu-budget", budget={"n_trials": 40, "gpu_hours": budget}, parallel=2,
                         epochs=3, resources={"cpus": 1, "gpus": 0.5}, pruner={"name": "none"})
     url = f"sqlite:///{tmp_path}/sweeps.db"
@@ -119,7 +119,7 @@ def test_gpu_hour_budget_stops_launching_and_packs_two_trials_per_gpu(gpu_head: 
                    RAY_AUTH_MODE="disabled")
     assert done.returncode == 0, done.stderr
     summary = json.loads(done.stdout)
-    assert "GPU-hour budget of 0.004 reached" in summary["stopped_by"]
+    assert "GPU-hour budget of 0.003 reached" in summary["stopped_by"]
     trials = optuna.load_study(study_name="gpu-budget", storage=url).trials
     finished = [t for t in trials if t.state.is_finished()]
     assert 2 <= len(finished) < 40 and len(finished) == len(trials)
@@ -135,4 +135,4 @@ def test_gpu_hour_budget_stops_launching_and_packs_two_trials_per_gpu(gpu_head: 
                       for i, a in enumerate(finished) for b in finished[i + 1:])
     assert overlapping
     status = run_cli("status", "gpu-budget", "--storage", url)
-    assert "GPU" in status.stdout and "of 0.004 h" in status.stdout
+    assert "GPU" in status.stdout and "of 0.003 h" in status.stdout

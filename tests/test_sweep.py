@@ -208,42 +208,33 @@ def test_interrupted_sweep_resumes_to_its_budget_in_a_new_process(tmp_path: Path
     assert len(optuna.load_study(study_name="resumable", storage=url).get_trials()) == 4
 
 
-def test_cross_validated_sweep_reports_fold_steps_and_evaluates(tmp_path: Path) -> None:
-    url = f"sqlite:///{tmp_path}/sweeps.db"
-    write_space(tmp_path, dataset={"name": "digits", "folds": 2, "max_images": 400}, epochs=2,
-                budget={"n_trials": 2}, parallel=1, pruner={"name": "none"})
-    done = run_cli("run", str(tmp_path / "space.yaml"), "--storage", url, "--quiet", timeout=600)
-    assert done.returncode == 0, done.stderr
-    trials = optuna.load_study(study_name="tiny", storage=url).trials
-    assert [t.state for t in trials] == [optuna.trial.TrialState.COMPLETE] * 2
-    for t in trials:
-        assert sorted(t.intermediate_values) == [1, 2, 3, 4]        # 2 folds x 2 epochs
-        folds = t.user_attrs["fold_values"]
-        assert len(folds) == 2 and t.value == pytest.approx(sum(folds) / 2, abs=1e-5)
-        assert t.intermediate_values[4] == pytest.approx(t.value, abs=1e-5)
-        assert sum(map(sum, t.user_attrs["confusion_matrix"])) == 360      # out-of-fold: all 360 non-test images
-    evaluated = run_cli("best", "tiny", "--storage", url, "--evaluate", "--json")
-    assert evaluated.returncode == 0, evaluated.stderr
-    assert json.loads(evaluated.stdout)["test"]["n_test"] == 40
-
-
-def test_folder_sweep_reads_images_by_path_decoded_once(tmp_path: Path) -> None:
+def test_cross_validated_folder_sweep_reads_images_by_path_decoded_once(tmp_path: Path) -> None:
+    """An image folder (sent by path, decoded once) under 2-fold cross-validation, in one sweep."""
     from PIL import Image
 
     rng = np.random.default_rng(0)
     for cls, level in (("light", 220), ("dark", 30)):
         (tmp_path / "images" / cls).mkdir(parents=True)
-        for i in range(30):
+        for i in range(40):
             pixels = np.clip(rng.normal(level, 20, (12, 12)), 0, 255).astype("uint8")
             Image.fromarray(pixels).save(tmp_path / "images" / cls / f"{i}.png")
     url = f"sqlite:///{tmp_path}/sweeps.db"
-    write_space(tmp_path, dataset={"name": "folder", "path": "images", "image_size": [12, 12]}, epochs=2,
-                budget={"n_trials": 4}, pruner={"name": "none"})
+    write_space(tmp_path, dataset={"name": "folder", "path": "images", "image_size": [12, 12], "folds": 2},
+                epochs=2, budget={"n_trials": 3}, pruner={"name": "none"})
     done = run_cli("run", str(tmp_path / "space.yaml"), "--storage", url, "--quiet", timeout=600,
                    XDG_CACHE_HOME=str(tmp_path / "cache"))
     assert done.returncode == 0, done.stderr
     trials = optuna.load_study(study_name="tiny", storage=url).trials
+    assert [t.state for t in trials] == [optuna.trial.TrialState.COMPLETE] * 3
+    for t in trials:
+        assert sorted(t.intermediate_values) == [1, 2, 3, 4]        # 2 folds x 2 epochs
+        folds = t.user_attrs["fold_values"]
+        assert len(folds) == 2 and t.value == pytest.approx(sum(folds) / 2, abs=1e-5)
+        assert t.intermediate_values[4] == pytest.approx(t.value, abs=1e-5)
+        assert sum(map(sum, t.user_attrs["confusion_matrix"])) == 72      # out-of-fold: all 72 non-test images
     sources = [t.user_attrs["data_source"] for t in trials]
-    assert len(trials) == 4 and "decoded" not in sources, sources       # the coordinator's decode was cached
-    assert "memory" in sources and set(sources) <= {"cache", "memory"}
+    assert "decoded" not in sources and "memory" in sources, sources     # the coordinator's decode was cached
     assert len(list((tmp_path / "cache" / "sweeps" / "folders").glob("*.npz"))) == 1
+    evaluated = run_cli("best", "tiny", "--storage", url, "--evaluate", "--json", XDG_CACHE_HOME=str(tmp_path / "cache"))
+    assert evaluated.returncode == 0, evaluated.stderr
+    assert json.loads(evaluated.stdout)["test"]["n_test"] == 8

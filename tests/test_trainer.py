@@ -289,11 +289,11 @@ def test_worker_that_cannot_see_the_folder_fails_the_trial_with_one_clear_reason
 def test_speed_options_train_and_leave_the_worker_as_it_was(digits: data.Arrays, options: dict) -> None:
     import keras
 
-    spec = TrialSpec(number=0, params={**PARAMETER_DEFAULTS, "width": 8, "learning_rate": 1e-2}, epochs=3, seed=1,
+    spec = TrialSpec(number=0, params={**PARAMETER_DEFAULTS, "width": 8, "learning_rate": 1e-2}, epochs=2, seed=1,
                      **options)
     reporter = ListReporter()
     result = train_trial(spec, digits, reporter)
-    assert result.state == TrialState.COMPLETE and len(reporter.reports) == 3 and result.value > 0.5
+    assert result.state == TrialState.COMPLETE and len(reporter.reports) == 2 and result.value > 0.3
     assert keras.mixed_precision.global_policy().name == "float32"     # the next trial starts clean
 
 

@@ -50,19 +50,29 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
             proc.wait(timeout=30)
 
 
-@pytest.fixture()
-def two_nodes(tmp_path: Path) -> Iterator[str]:
+def _head(tmp_path: Path, **resources: int) -> tuple[subprocess.Popen[bytes], str]:
+    """A Ray head on a free loopback port, once `ray status` answers; its process and address."""
     port = _free_port()
     address = f"127.0.0.1:{port}"
     head = _node("--head", f"--port={port}", "--include-dashboard=false", "--disable-usage-stats",
-                 temp_dir=tmp_path)
+                 temp_dir=tmp_path, **resources)
+    deadline = time.monotonic() + 90
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
+    while subprocess.run([RAY, "status", f"--address={address}"], env=env, capture_output=True).returncode:
+        if head.poll() is not None or time.monotonic() > deadline:
+            _stop(head)
+            raise AssertionError("the Ray head did not start")
+        time.sleep(1)
+    return head, address
+
+
+@pytest.fixture()
+def two_nodes(tmp_path: Path) -> Iterator[str]:
+    head, address = _head(tmp_path)
     worker = None
     try:
         env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
         deadline = time.monotonic() + 90
-        while subprocess.run([RAY, "status", f"--address={address}"], env=env, capture_output=True).returncode:
-            assert head.poll() is None and time.monotonic() < deadline, "the Ray head did not start"
-            time.sleep(1)
         worker = _node(f"--address={address}", temp_dir=tmp_path)
         while True:
             status = subprocess.run([RAY, "status", f"--address={address}"], env=env, capture_output=True, text=True)
@@ -95,16 +105,8 @@ def test_sweep_through_a_ray_head_lands_on_both_nodes(two_nodes: str, pg_url: st
 @pytest.fixture()
 def gpu_head(tmp_path: Path) -> Iterator[str]:
     """A one-node Ray cluster that declares one GPU: Ray's real GPU accounting, trials on the CPU."""
-    port = _free_port()
-    address = f"127.0.0.1:{port}"
-    head = _node("--head", f"--port={port}", "--include-dashboard=false", "--disable-usage-stats",
-                 temp_dir=tmp_path, gpus=1, cpus=2)
+    head, address = _head(tmp_path, gpus=1, cpus=2)
     try:
-        env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
-        deadline = time.monotonic() + 90
-        while subprocess.run([RAY, "status", f"--address={address}"], env=env, capture_output=True).returncode:
-            assert head.poll() is None and time.monotonic() < deadline, "the Ray head did not start"
-            time.sleep(1)
         yield address
     finally:
         _stop(head)

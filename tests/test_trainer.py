@@ -311,3 +311,15 @@ def test_mixed_precision_computes_in_half_precision_with_float32_outputs(digits:
     half = "float16" if mixed_policy() == "mixed_float16" else "bfloat16"      # GPU / CPU
     assert conv.compute_dtype == half and conv.kernel.dtype == "float32"
     assert model.output.dtype == "float32"
+
+
+def test_a_retry_from_the_last_epochs_checkpoint_completes_with_its_best_value(digits: data.Arrays) -> None:
+    """A trial stopped after its final epoch (Ctrl-C at the end): the retry has nothing to train, and completes."""
+    first = ListReporter()
+    whole = train_trial(_spec(epochs=2, learning_rate=1e-2), digits, first)
+    spec = TrialSpec(number=0, params={**PARAMETER_DEFAULTS, "width": 8, "learning_rate": 1e-2}, epochs=2, seed=1,
+                     checkpoint=first.reports[-1].checkpoint)
+    again = ListReporter()
+    resumed = train_trial(spec, digits, again)
+    assert resumed.state == TrialState.COMPLETE and again.reports == []
+    assert resumed.value == whole.value and resumed.metrics["start_epoch"] == 2

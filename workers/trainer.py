@@ -221,6 +221,8 @@ def _train_split(spec: TrialSpec, data: Arrays, reporter: Reporter) -> tuple[Tri
     start = 0
     if spec.checkpoint:
         start = ckpt.read_meta(spec.checkpoint)["epoch"]
+    if spec.checkpoint and start >= spec.epochs:     # interrupted after its last epoch: nothing left to train
+        _resume(model, spec.checkpoint, callback, optimizer=False)
     started = time.perf_counter()
     for first, last, phase in phases:
         if last <= start:

@@ -81,8 +81,8 @@ ProgressCallback = Callable[[Progress], None]
 
 
 def run_sweep(config: SweepConfig, storage_url: str | None = None, *, ray_address: str | None = None,
-              on_progress: ProgressCallback | None = None) -> dict[str, Any]:
-    """Create the study and run it until its budget is met."""
+              on_progress: ProgressCallback | None = None, worker: type | None = None) -> dict[str, Any]:
+    """Create the study and run it until its budget is met (``worker``: see ``Coordinator``)."""
     arrays = _load_data(config)
     storage = open_storage(storage_url, create=True)
     if config.checkpoint_store is None:
@@ -99,7 +99,8 @@ def run_sweep(config: SweepConfig, storage_url: str | None = None, *, ray_addres
     study.set_user_attr(DATASET_ATTR, {**config.dataset.to_dict(), **arrays.describe()})
     study.set_user_attr(VERSION_ATTR, __version__)
     study.set_user_attr(UID_ATTR, uuid.uuid4().hex[:12])
-    return Coordinator(study, config, arrays, ray_address=ray_address, on_progress=on_progress).run()
+    return Coordinator(study, config, arrays, ray_address=ray_address, on_progress=on_progress,
+                       worker=worker).run()
 
 
 def load_config(study: optuna.Study) -> SweepConfig:
@@ -163,11 +164,13 @@ class Coordinator:
     POLL_SECONDS = 0.2
 
     def __init__(self, study: optuna.Study, config: SweepConfig, arrays: datasets.Arrays, *,
-                 ray_address: str | None = None, on_progress: ProgressCallback | None = None) -> None:
+                 ray_address: str | None = None, on_progress: ProgressCallback | None = None,
+                 worker: type | None = None) -> None:
         self.study = study
         self.config = config
         self.arrays = arrays
         self.ray_address = ray_address
+        self.worker = worker          # the Ray actor class of a trial slot; benchmarks swap in a sleeping one
         self.on_progress = on_progress or (lambda p: None)
         self.n_trials = config.n_trials
         if config.sampler["name"] == "grid":
@@ -182,6 +185,7 @@ class Coordinator:
         self.artifacts = dashboard.artifact_store(config.checkpoint_store) if self.checkpoints else None
         self.removed: set[int] = set()                # configurations whose checkpoints are gone
         self.last_beat = 0.0
+        self.last_count = 0.0
 
     def _checkpoint_store(self) -> CheckpointStore | None:
         location = self.config.checkpoint_store
@@ -198,19 +202,25 @@ class Coordinator:
         self.on_progress(self.progress)
 
     # -- budget -------------------------------------------------------------------------------
+    def _refresh(self) -> None:
+        """Counts for the live display only: at most once a second (launch decisions always count afresh)."""
+        if time.monotonic() - self.last_count >= 1.0:
+            self._count()
+
     def _count(self) -> recovery.Tally:
         p = self.progress
+        self.last_count = time.monotonic()
         trials = self._db(lambda: self.study.get_trials(deepcopy=False))
         tally = recovery.tally(trials)
         if self.config.gpu_hours is not None:
             p.gpu_hours = recovery.gpu_hours(trials, self.config.gpus)
         p.complete, p.pruned, p.failed = tally.complete, tally.pruned, tally.failed
         p.running, p.waiting, p.retried = tally.running, tally.waiting, tally.retried
-        try:
-            best = self._db(lambda: self.study.best_trial)
+        complete = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE and t.value is not None]
+        if complete:           # study.best_trial, without another query
+            pick = max if self.study.direction == optuna.study.StudyDirection.MAXIMIZE else min
+            best = pick(complete, key=lambda t: t.value)
             p.best_value, p.best_number = best.value, best.number
-        except ValueError:
-            pass
         return tally
 
     def _may_launch(self, tally: recovery.Tally) -> bool:
@@ -311,7 +321,8 @@ class Coordinator:
             self.progress.last = f"skipped {len(self.arrays.skipped)} unreadable image(s): {shown}"
             self.on_progress(self.progress)
         broker = ray.remote(num_cpus=0)(ReportBroker).remote()
-        worker_cls = ray.remote(TrainerWorker).options(num_cpus=cfg.cpus, num_gpus=cfg.gpus, max_restarts=0)
+        worker_cls = ray.remote(self.worker or TrainerWorker).options(num_cpus=cfg.cpus, num_gpus=cfg.gpus,
+                                                                      max_restarts=0)
         threads = max(1, int(math.floor(cfg.cpus)))
         tally = self._count()
         slots = max(1, min(cfg.parallel, self.n_trials - tally.finished))
@@ -319,11 +330,15 @@ class Coordinator:
         # the test split never reaches a trial; a folder goes by path, read on each worker's machine
         data_ref = ray.put(datasets.reference(cfg.dataset.to_dict(), cfg.seed, self.arrays))
         in_flight: dict[Any, tuple[int, Any]] = {}     # result ref -> (trial number, worker)
+        drain = None                                   # the broker's pending batch of reports
+        ended: list[Callable[[], None]] = []           # finished trials' clean-up, after the next launch
         self.progress.last = f"starting {slots} worker(s)"
         self.on_progress(self.progress)
 
         while True:
             if self.interrupts >= 2:
+                for task in ended:
+                    task()
                 for ref, (number, worker) in list(in_flight.items()):
                     ray.kill(worker)
                     self._tell(number, TrialResult(number, TrialState.FAILED, None, 0, "interrupted (Ctrl-C)"),
@@ -340,13 +355,22 @@ class Coordinator:
                 self.progress.last = f"trial {number} started" + (
                     f" (retry of trial {self.attrs[number][recovery.RETRY_OF]}, from epoch "
                     f"{self.attrs[number].get(recovery.START_EPOCH, 0)})" if recovery.RETRY_OF in self.attrs[number] else "")
-                self._count()
+                self._refresh()
                 self.on_progress(self.progress)
+            for task in ended:      # clean-up of finished trials, once the freed slots have their next trials
+                task()
+            ended.clear()
             if not in_flight and self._done(self._count()):
                 return
-            for report in ray.get(broker.drain.remote(self.POLL_SECONDS)):
-                decision = self._relay(report)
-                broker.decide.remote(report.number, report.epoch, decision)
+            # wake on whichever comes first: an epoch report, a finished trial, or the poll interval
+            if drain is None:
+                drain = broker.drain.remote(self.POLL_SECONDS)
+            ready, _ = ray.wait([drain, *in_flight], num_returns=1)
+            if drain in ready or ray.wait([drain], timeout=0)[0]:
+                for report in ray.get(drain):
+                    decision = self._relay(report)
+                    broker.decide.remote(report.number, report.epoch, decision)
+                drain = None
             done, _ = ray.wait(list(in_flight), num_returns=len(in_flight), timeout=0) if in_flight else ([], [])
             for ref in done:
                 number, worker = in_flight.pop(ref)
@@ -362,16 +386,20 @@ class Coordinator:
                     ray.kill(worker)
                     worker = worker_cls.remote(threads)
                 broker.release.remote(number)
-                unreadable = result.reason.startswith(DATASET_ERROR)
-                self._tell(number, result, fault=not unreadable)
-                if unreadable:      # every trial would fail the same way: stop, leaving retries queued
-                    for n, w in list(in_flight.values()):
-                        ray.kill(w)
-                        self._tell(n, TrialResult(n, TrialState.FAILED, None, 0, "stopped: a worker cannot read "
-                                                  "the dataset"), fault=False)
-                    raise SweepsError(f"trial {number}: {result.reason}; `sweeps resume` continues the sweep "
-                                      "once every worker can read it")
-                idle.append(worker)
+                if not result.reason.startswith(DATASET_ERROR):
+                    self._tell(number, result, fault=True, later=ended)
+                    idle.append(worker)
+                    continue
+                # every trial would fail the same way: stop, leaving retries queued
+                for task in ended:
+                    task()
+                self._tell(number, result, fault=False)
+                for n, w in list(in_flight.values()):
+                    ray.kill(w)
+                    self._tell(n, TrialResult(n, TrialState.FAILED, None, 0, "stopped: a worker cannot read "
+                                              "the dataset"), fault=False)
+                raise SweepsError(f"trial {number}: {result.reason}; `sweeps resume` continues the sweep "
+                                  "once every worker can read it")
 
     def _launch(self) -> tuple[int, TrialSpec] | None:
         """Under the study's launch lock: count, and ask only if the shared budget has room."""
@@ -431,7 +459,10 @@ class Coordinator:
             return Decision.CONTINUE
         return Decision.PRUNE if self._db(trial.should_prune) else Decision.CONTINUE
 
-    def _tell(self, number: int, result: TrialResult, *, fault: bool) -> None:
+    def _tell(self, number: int, result: TrialResult, *, fault: bool,
+              later: list[Callable[[], None]] | None = None) -> None:
+        """Store the outcome now; the checkpoint clean-up and the progress line go to ``later`` when given
+        (the loop runs them once the freed slot has its next trial)."""
         trial = self.trials.pop(number)
         attrs = self.attrs.pop(number)
         config_id = recovery.config_id(number, attrs)
@@ -441,9 +472,15 @@ class Coordinator:
             self.progress.last = f"trial {number} was taken for lost by another coordinator; its retry continues it"
             self.on_progress(self.progress)
             return
+        if later is None:
+            self._after_tell(number, config_id, result, retried)
+        else:
+            later.append(lambda: self._after_tell(number, config_id, result, retried))
+
+    def _after_tell(self, number: int, config_id: int, result: TrialResult, retried: bool) -> None:
         if self.checkpoints is not None and not retried:
             self._prune_checkpoints(config_id, result.state)
-        self._count()
+        self._refresh()
         shown = f"{result.value:.4f}" if result.state == TrialState.COMPLETE and result.value is not None else (
             result.reason or result.state.value)
         self.progress.last = f"trial {number} {result.state.value}: {shown}" + (" (queued again)" if retried else "")
@@ -544,6 +581,7 @@ def _start_ray(address: str | None) -> None:
                           "with --ray-address")
 
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")   # no usage reports home (and a second faster start)
     kwargs: dict[str, Any] = {"logging_level": logging.ERROR, "log_to_driver": False, "include_dashboard": False,
                               "configure_logging": True}
     try:

@@ -33,7 +33,7 @@ def _free_port() -> int:
 
 
 def _node(*args: str, temp_dir: Path, gpus: int = 0, cpus: int = 1) -> subprocess.Popen[bytes]:
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
     return subprocess.Popen([RAY, "start", "--block", "--node-ip-address=127.0.0.1", f"--num-cpus={cpus}",
                              f"--num-gpus={gpus}", *args], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             stdin=subprocess.DEVNULL, start_new_session=True)
@@ -57,7 +57,7 @@ def _head(tmp_path: Path, **resources: int) -> tuple[subprocess.Popen[bytes], st
     head = _node("--head", f"--port={port}", "--include-dashboard=false", "--disable-usage-stats",
                  temp_dir=tmp_path, **resources)
     deadline = time.monotonic() + 90
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
     while subprocess.run([RAY, "status", f"--address={address}"], env=env, capture_output=True).returncode:
         if head.poll() is not None or time.monotonic() > deadline:
             _stop(head)
@@ -71,7 +71,7 @@ def two_nodes(tmp_path: Path) -> Iterator[str]:
     head, address = _head(tmp_path)
     worker = None
     try:
-        env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
+        env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
         deadline = time.monotonic() + 90
         worker = _node(f"--address={address}", temp_dir=tmp_path)
         while True:

@@ -14,7 +14,7 @@ from typing import Any, Iterator
 import psutil
 import pytest
 
-from tests.conftest import TINY_SPACE, keep_artifact, run_cli, start_cli
+from tests.conftest import SWEEP_PARAMETERS, TINY_SPACE, keep_artifact, run_cli, start_cli
 
 pytestmark = pytest.mark.slow
 
@@ -32,8 +32,8 @@ def finished(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any
 
     folder = tmp_path_factory.mktemp("served")
     url = f"sqlite:///{folder}/sweeps.db"
-    config = {**TINY_SPACE, "study": "served", "budget": {"n_trials": 2}, "parallel": 1, "epochs": 2,
-              "pruner": {"name": "none"}}
+    config = {**TINY_SPACE, "parameters": SWEEP_PARAMETERS, "study": "served", "budget": {"n_trials": 2},
+              "parallel": 1, "epochs": 2, "pruner": {"name": "none"}}
     sweep = run_sweep(config, url)
     yield {"sweep": sweep, "url": url, "folder": folder, "loaded": load_sweep("served", url)}
 
@@ -140,19 +140,6 @@ def test_export_round_trips(finished: dict[str, Any], tmp_path: Path, fmt: str, 
     assert accuracy > 0.5
 
 
-def test_export_retrains_when_no_checkpoint_was_kept(finished: dict[str, Any], tmp_path: Path) -> None:
-    import shutil
-
-    shutil.rmtree(finished["folder"] / "sweeps_artifacts")       # as after keep_best: 0, or another machine
-    result = run_cli("export", "served", "--storage", finished["url"], "--format", "keras", "--out", str(tmp_path),
-                     timeout=400)
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "retraining it" in result.stderr and "(retrained)" in result.stdout
-    original, exported = (float(v.strip(",")) for v in result.stdout.split("original ")[1].split(" exported "))
-    assert exported == pytest.approx(original, abs=1e-6)
-    assert original == pytest.approx(finished["sweep"].best_value, abs=0.05)    # the same seed, on the CPU
-
-
 def test_report_writes_html_and_plots(finished: dict[str, Any], tmp_path: Path) -> None:
     result = run_cli("report", "served", "--storage", finished["url"], "--out", str(tmp_path / "r"), "--json",
                      timeout=300)
@@ -235,3 +222,17 @@ def test_rerun_reproduces_a_trial_within_half_a_point(finished: dict[str, Any]) 
     assert r["within_half_point"], r
     missing = run_cli("rerun", "served", "99", "--storage", finished["url"])
     assert missing.returncode == 2 and "has no trial 99" in missing.stderr
+
+
+def test_export_retrains_when_no_checkpoint_was_kept(finished: dict[str, Any], tmp_path: Path) -> None:
+    """Last in this module: it deletes the kept checkpoints that the tests above load."""
+    import shutil
+
+    shutil.rmtree(finished["folder"] / "sweeps_artifacts")       # as after keep_best: 0, or another machine
+    result = run_cli("export", "served", "--storage", finished["url"], "--format", "keras", "--out", str(tmp_path),
+                     timeout=400)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "retraining it" in result.stderr and "(retrained)" in result.stdout
+    original, exported = (float(v.strip(",")) for v in result.stdout.split("original ")[1].split(" exported "))
+    assert exported == pytest.approx(original, abs=1e-6)
+    assert original == pytest.approx(finished["sweep"].best_value, abs=0.05)    # the same seed, on the CPU

@@ -132,7 +132,7 @@ def _get_json(url: str) -> dict:
 
 
 def test_sqlite_sweep_prunes_bad_region_and_keeps_conditions(tmp_path: Path) -> None:
-    space = write_space(tmp_path, study="lite", budget={"n_trials": 8}, parallel=1, epochs=4,
+    space = write_space(tmp_path, study="lite", budget={"n_trials": 5}, parallel=1, epochs=4,
                         sampler={"name": "random", "seed": 3},
                         pruner={"name": "median", "n_startup_trials": 1, "n_warmup_steps": 0},
                         parameters={
@@ -148,7 +148,7 @@ def test_sqlite_sweep_prunes_bad_region_and_keeps_conditions(tmp_path: Path) -> 
     assert (tmp_path / "sweeps.db").exists()
     study = optuna.load_study(study_name="lite", storage=f"sqlite:///{tmp_path}/sweeps.db")
     trials = sorted(study.get_trials(), key=lambda t: t.number)
-    assert len(trials) == 8 and all(t.state in FINISHED for t in trials)
+    assert len(trials) == 5 and all(t.state in FINISHED for t in trials)
     _check_every_epoch_stored(trials)
     for t in trials:                     # conditional parameters exist only under their parent
         assert ("momentum" in t.params) == (t.params["optimizer"] == "sgd")
@@ -167,7 +167,7 @@ def test_interrupted_sweep_resumes_to_its_budget_in_a_new_process(tmp_path: Path
     db = tmp_path / "store" / "sweeps.db"
     db.parent.mkdir()
     url = f"sqlite:///{db}"
-    space = write_space(tmp_path, study="resumable", budget={"n_trials": 4}, parallel=1)
+    space = write_space(tmp_path, study="resumable", budget={"n_trials": 3}, parallel=1)
     proc = start_cli("run", str(space), "--storage", url, cwd=tmp_path)
     try:
         deadline = time.monotonic() + 240
@@ -191,7 +191,7 @@ def test_interrupted_sweep_resumes_to_its_budget_in_a_new_process(tmp_path: Path
     assert "sweeps resume resumable" in out
     study = optuna.load_study(study_name="resumable", storage=url)
     done_before = [t for t in study.get_trials() if t.state in FINISHED]
-    assert 1 <= len(done_before) < 4
+    assert 1 <= len(done_before) < 3
     assert not [t for t in study.get_trials() if t.state == optuna.trial.TrialState.RUNNING]
 
     elsewhere = tmp_path / "elsewhere"
@@ -199,13 +199,13 @@ def test_interrupted_sweep_resumes_to_its_budget_in_a_new_process(tmp_path: Path
     result = run_cli("resume", "resumable", cwd=elsewhere, SWEEPS_STORAGE=url)
     assert result.returncode == 0, result.stderr
     trials = optuna.load_study(study_name="resumable", storage=url).get_trials()
-    assert len([t for t in trials if t.state in FINISHED]) == 4 and len(trials) == 4
+    assert len([t for t in trials if t.state in FINISHED]) == 3 and len(trials) == 3
     _check_every_epoch_stored(trials)
     assert not (elsewhere / "sweeps.db").exists()
     # The budget is met: a further resume starts nothing and says so.
     again = run_cli("resume", "resumable", "--storage", url, "--json", cwd=elsewhere)
     assert again.returncode == 0 and json.loads(again.stdout)["budget_met"] is True
-    assert len(optuna.load_study(study_name="resumable", storage=url).get_trials()) == 4
+    assert len(optuna.load_study(study_name="resumable", storage=url).get_trials()) == 3
 
 
 def test_cross_validated_folder_sweep_reads_images_by_path_decoded_once(tmp_path: Path) -> None:

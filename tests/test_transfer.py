@@ -1,6 +1,9 @@
 """Transfer learning end to end: pretrain a backbone on one built-in dataset, fine-tune it on the other.
 
-Real sweeps (Ray, Keras, SQLite) through the CLI, as a user runs them.
+The pretraining runs the trainer in this process (real Keras, no sweep around
+it, to keep the suite short); the fine-tuning is a real sweep (Ray, Keras,
+SQLite) through the CLI, as a user runs it, and its backbone goes out through
+`sweeps export --format backbone`.
 """
 
 from __future__ import annotations
@@ -26,19 +29,40 @@ def _backbone_weights(path: Path) -> list[tuple[str, list[np.ndarray]]]:
     return [(layer.name, layer.get_weights()) for layer in base.layers if layer.weights]
 
 
+def _pretrain_backbone(path: Path) -> float:
+    """MobileNetV2 trained by the trainer on 1,000 MNIST images; its backbone's weights saved to ``path``."""
+    from workers import checkpoint as ckpt
+    from workers import data as datasets
+    from workers import models
+    from workers.spec import PARAMETER_DEFAULTS, Decision, EpochReport, TrialSpec
+    from workers.trainer import train_trial
+
+    class KeepLast:
+        state: bytes | None = None
+
+        def report(self, report: EpochReport) -> Decision:
+            self.state = report.checkpoint
+            return Decision.CONTINUE
+
+    arrays = datasets.load({"name": "mnist", "max_images": 1000}, seed=0)
+    params = {**PARAMETER_DEFAULTS, **FIXED}
+    keep = KeepLast()
+    result = train_trial(TrialSpec(number=0, params=params, epochs=3, seed=0, threads=2), arrays, keep)
+    assert keep.state is not None and result.value is not None
+    state = ckpt.unpack(keep.state)
+    model = models.build(params, arrays.input_shape, arrays.n_classes)
+    model.set_weights(state.best_weights if state.best_weights is not None else state.weights)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    models.backbone(model).save_weights(str(path))
+    return result.value
+
+
 def test_pretrain_on_mnist_then_fine_tune_on_digits_from_the_file(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path}/sweeps.db"
-    write_space(tmp_path, "pre.yaml", study="pre", dataset={"name": "mnist", "max_images": 1000}, epochs=3,
-                parameters=FIXED, **ONE_TRIAL)
-    done = run_cli("run", str(tmp_path / "pre.yaml"), "--storage", url, "--quiet", timeout=600)
-    assert done.returncode == 0, done.stderr
-    exported = run_cli("export", "pre", "--storage", url, "--format", "backbone", "--out", str(tmp_path / "models"),
-                       "--json")
-    assert exported.returncode == 0, exported.stderr
-    pre = json.loads(run_cli("best", "pre", "--storage", url, "--json").stdout)
-    assert pre["value"] > 0.3, pre      # MobileNetV2 from scratch on 700 MNIST images: about 0.5 in 3 epochs
-    pretrained = Path(json.loads(exported.stdout)["path"])
-    assert pretrained.name == "pre-backbone.weights.h5" and pretrained.stat().st_size > 1_000_000
+    pretrained = tmp_path / "models" / "pre-backbone.weights.h5"
+    value = _pretrain_backbone(pretrained)
+    assert value > 0.3, value      # MobileNetV2 from scratch on 700 MNIST images: about 0.5 in 3 epochs
+    assert pretrained.stat().st_size > 1_000_000
 
     unfreeze = 12
     write_space(tmp_path, "fine.yaml", study="fine", dataset={"name": "digits", "max_images": 600}, epochs=4,

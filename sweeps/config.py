@@ -36,8 +36,9 @@ PRUNER_OPTIONS = {
 TOP_LEVEL_KEYS = {
     "study", "metric", "dataset", "epochs", "seed", "sampler", "pruner",
     "budget", "parallel", "resources", "parameters", "recovery", "checkpoints", "deterministic",
-    "mixed_precision", "jit_compile", "steps_per_execution",
+    "mixed_precision", "jit_compile", "steps_per_execution", "backend",
 }
+BACKENDS = ("tensorflow", "jax")    # Keras backend of the trial workers
 RECOVERY_DEFAULTS: dict[str, float] = {
     "max_retries": 2,           # retries of one configuration after worker faults
     "heartbeat_interval": 10,   # seconds between heartbeats of each running trial
@@ -157,6 +158,7 @@ class SweepConfig:
     mixed_precision: bool = False         # mixed_float16 on a GPU, mixed_bfloat16 on a CPU
     jit_compile: bool = False             # XLA-compile the training step
     steps_per_execution: int = 1          # batches per compiled call: less overhead for small models
+    backend: str = "tensorflow"           # Keras backend of the workers: tensorflow or jax
     gpu_hours: float | None = None        # budget: no trial starts once this much GPU time is spent
 
     def to_dict(self) -> dict[str, Any]:
@@ -171,6 +173,7 @@ class SweepConfig:
             "mixed_precision": self.mixed_precision,
             "jit_compile": self.jit_compile,
             "steps_per_execution": self.steps_per_execution,
+            "backend": self.backend,
             "sampler": dict(self.sampler),
             "pruner": dict(self.pruner),
             "budget": {"n_trials": self.n_trials, "timeout": self.timeout, "gpu_hours": self.gpu_hours},
@@ -245,6 +248,9 @@ def from_dict(raw: Any, *, source: str, base_dir: str | None = None) -> SweepCon
         if not isinstance(flags[key], bool):
             v.fail(key, f"must be true or false, got {flags[key]!r}")
     steps_per_execution = v.integer("steps_per_execution", raw.get("steps_per_execution", 1), low=1)
+    backend = raw.get("backend", "tensorflow")
+    if backend not in BACKENDS:
+        v.fail("backend", f"must be one of {', '.join(BACKENDS)}, got {backend!r}")
     sampler = v.component("sampler", raw.get("sampler", "tpe"), SAMPLER_OPTIONS)
     sampler.setdefault("seed", seed)
     sampler["seed"] = v.integer("sampler.seed", sampler["seed"], low=0)
@@ -302,7 +308,7 @@ def from_dict(raw: Any, *, source: str, base_dir: str | None = None) -> SweepCon
         max_retries=max_retries, heartbeat_interval=timing["heartbeat_interval"],
         grace_period=timing["grace_period"], database_timeout=timing["database_timeout"],
         checkpoint_store=store, keep_best=keep_best, deterministic=deterministic,
-        steps_per_execution=steps_per_execution, gpu_hours=gpu_hours, **flags,
+        steps_per_execution=steps_per_execution, backend=backend, gpu_hours=gpu_hours, **flags,
     )
 
 

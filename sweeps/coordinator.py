@@ -255,7 +255,7 @@ class Coordinator:
         tally = self._count()
         if tally.finished >= self.n_trials and tally.running == 0 and tally.waiting == 0:
             return self.summary()
-        _start_ray(self.ray_address)
+        _start_ray(self.ray_address, self.config.backend)
         previous = signal.signal(signal.SIGINT, self._interrupt)
         try:
             self._check_resources()
@@ -322,7 +322,7 @@ class Coordinator:
             self.on_progress(self.progress)
         broker = ray.remote(num_cpus=0)(ReportBroker).remote()
         worker_cls = ray.remote(self.worker or TrainerWorker).options(num_cpus=cfg.cpus, num_gpus=cfg.gpus,
-                                                                      max_restarts=0)
+                                                                      max_restarts=0, **worker_env(cfg.backend))
         threads = max(1, int(math.floor(cfg.cpus)))
         tally = self._count()
         slots = max(1, min(cfg.parallel, self.n_trials - tally.finished))
@@ -370,6 +370,7 @@ class Coordinator:
                 for report in ray.get(drain):
                     decision = self._relay(report)
                     broker.decide.remote(report.number, report.epoch, decision)
+                    self._save_checkpoint(report)    # stored before this trial's result can be told
                 drain = None
             done, _ = ray.wait(list(in_flight), num_returns=len(in_flight), timeout=0) if in_flight else ([], [])
             for ref in done:
@@ -443,12 +444,6 @@ class Coordinator:
         trial = self.trials.get(report.number)
         if trial is None:
             return Decision.PRUNE
-        if report.checkpoint is not None and self.checkpoints is not None:
-            config_id = recovery.config_id(report.number, self.attrs[report.number])
-            try:
-                self.checkpoints.save(config_id, report.epoch, report.checkpoint)
-            except Exception as e:  # the trial goes on; only a retry of it would start earlier
-                self.progress.last = f"checkpoint of trial {report.number} not saved: {_first_line(e)}"
         if not math.isfinite(report.value):
             return Decision.CONTINUE
         try:
@@ -458,6 +453,16 @@ class Coordinator:
         if report.epoch >= self.config.steps:  # fully trained: keep it as a complete trial
             return Decision.CONTINUE
         return Decision.PRUNE if self._db(trial.should_prune) else Decision.CONTINUE
+
+    def _save_checkpoint(self, report: EpochReport) -> None:
+        """After the worker has its answer, so it trains on while the checkpoint is written."""
+        if report.checkpoint is None or self.checkpoints is None or report.number not in self.attrs:
+            return
+        config_id = recovery.config_id(report.number, self.attrs[report.number])
+        try:
+            self.checkpoints.save(config_id, report.epoch, report.checkpoint)
+        except Exception as e:  # the trial goes on; only a retry of it would start earlier
+            self.progress.last = f"checkpoint of trial {report.number} not saved: {_first_line(e)}"
 
     def _tell(self, number: int, result: TrialResult, *, fault: bool,
               later: list[Callable[[], None]] | None = None) -> None:
@@ -569,13 +574,30 @@ def _first_line(e: BaseException) -> str:
     return text[0] if text else type(e).__name__
 
 
-def _start_ray(address: str | None) -> None:
+def worker_env(backend: str) -> dict[str, Any]:
+    """Ray actor options that start a trial slot's process on the configured Keras backend.
+
+    JAX allocates GPU memory as it needs it (not 75 % up front), so packed
+    trials share a GPU the way TensorFlow's memory growth lets them.
+    """
+    if backend == "tensorflow":
+        return {}
+    return {"runtime_env": {"env_vars": {"KERAS_BACKEND": backend, "XLA_PYTHON_CLIENT_PREALLOCATE": "false"}}}
+
+
+def _start_ray(address: str | None, backend: str = "tensorflow") -> None:
     """A private local Ray on loopback, or the cluster at ``address``."""
     import importlib.util
 
     import ray
 
-    if not address and (importlib.util.find_spec("tensorflow") is None or importlib.util.find_spec("keras") is None):
+    if not address and backend == "jax" and (importlib.util.find_spec("jax") is None
+                                             or importlib.util.find_spec("keras") is None):
+        raise SweepsError("backend: jax, but JAX is not installed here, and the local Ray workers need it to "
+                          "train: pip install 'sweeps[jax]', or send trials to a cluster that has it with "
+                          "--ray-address")
+    if not address and backend == "tensorflow" and (importlib.util.find_spec("tensorflow") is None
+                                                    or importlib.util.find_spec("keras") is None):
         raise SweepsError("TensorFlow is not installed here, and the local Ray workers need it to train: "
                           "pip install 'sweeps[tf]' (or 'sweeps[gpu]'), or send trials to a cluster that has it "
                           "with --ray-address")

@@ -58,6 +58,7 @@ BAD = {
     "weights as a range": (_with_param("weights", {"low": 0, "high": 1}), "parameters.weights: weights is categorical"),
     "one fold": (_with(dataset={"name": "digits", "folds": 1}), "dataset.folds: must be at least 2"),
     "max_images too small": (_with(dataset={"name": "digits", "max_images": 5}), "dataset.max_images: must be at least 20"),
+    "unknown backend": (_with(backend="torch"), "backend: must be one of tensorflow, jax, got 'torch'"),
 }
 
 
@@ -180,3 +181,9 @@ def test_folds_and_max_images_round_trip(tmp_path: Path) -> None:
     cfg = _load(tmp_path, _with(dataset={"name": "digits", "folds": 4, "max_images": 300}))
     assert cfg.dataset.folds == 4 and cfg.dataset.max_images == 300
     assert config.from_dict(cfg.to_dict(), source="study x").dataset == cfg.dataset
+
+
+def test_backend_defaults_to_tensorflow_and_round_trips(tmp_path: Path) -> None:
+    assert _load(tmp_path, _with()).backend == "tensorflow"
+    cfg = _load(tmp_path, _with(backend="jax"))
+    assert cfg.backend == "jax" and config.from_dict(cfg.to_dict(), source="study x").backend == "jax"

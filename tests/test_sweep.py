@@ -19,7 +19,7 @@ import pytest
 import sqlalchemy
 
 from sweeps.storage import driver_url
-from tests.conftest import run_cli, start_cli, write_space
+from tests.conftest import SWEEP_PARAMETERS, run_cli, start_cli, write_space
 
 pytestmark = pytest.mark.slow
 BIN = Path(sys.executable).parent
@@ -238,3 +238,42 @@ def test_cross_validated_folder_sweep_reads_images_by_path_decoded_once(tmp_path
     evaluated = run_cli("best", "tiny", "--storage", url, "--evaluate", "--json", XDG_CACHE_HOME=str(tmp_path / "cache"))
     assert evaluated.returncode == 0, evaluated.stderr
     assert json.loads(evaluated.stdout)["test"]["n_test"] == 8
+
+
+NO_TENSORFLOW = """
+import importlib.abc, os, sys
+
+
+class _NoTensorFlow(importlib.abc.MetaPathFinder):
+    \"\"\"A machine without TensorFlow: every import of it fails.\"\"\"
+
+    def find_spec(self, name, path=None, target=None):
+        if name == "tensorflow" or name.startswith("tensorflow."):
+            raise ModuleNotFoundError(f"No module named {name!r}")
+        return None
+
+
+sys.meta_path.insert(0, _NoTensorFlow())
+open(os.path.join(os.environ["SWEEPS_TEST_NO_TF_LOG"], str(os.getpid())), "a").close()   # this process has it
+"""
+
+
+def test_jax_backend_sweep_runs_where_tensorflow_cannot_be_imported(tmp_path: Path) -> None:
+    """`backend: jax` with TensorFlow unimportable in every process (a sitecustomize on PYTHONPATH, which
+    the local Ray's workers inherit): in-memory data, batches from a PyDataset, mixup in NumPy."""
+    (tmp_path / "no_tf").mkdir()
+    (tmp_path / "no_tf" / "sitecustomize.py").write_text(NO_TENSORFLOW)
+    (tmp_path / "marks").mkdir()
+    url = f"sqlite:///{tmp_path}/sweeps.db"
+    space = write_space(tmp_path, study="jax", backend="jax", budget={"n_trials": 1}, parallel=1, epochs=2,
+                        pruner={"name": "none"}, parameters={**SWEEP_PARAMETERS, "mixup_alpha": 0.2,
+                                                             "learning_rate": 5e-3})
+    done = run_cli("run", str(space), "--storage", url, "--quiet", "--json", cwd=tmp_path, timeout=600,
+                   PYTHONPATH=str(tmp_path / "no_tf"), SWEEPS_TEST_NO_TF_LOG=str(tmp_path / "marks"))
+    assert done.returncode == 0, done.stderr[-3000:]
+    trials = optuna.load_study(study_name="jax", storage=url).trials
+    assert [t.state for t in trials] == [optuna.trial.TrialState.COMPLETE]
+    assert {t.user_attrs["backend"] for t in trials} == {"jax"}
+    assert all(t.value > 0.3 and sorted(t.intermediate_values) == [1, 2] for t in trials)   # digits: chance 0.1
+    blocked = {int(p.name) for p in (tmp_path / "marks").iterdir()}
+    assert {t.user_attrs["worker_pid"] for t in trials} <= blocked, "the workers did not run without TensorFlow"

@@ -78,6 +78,14 @@ class TrainerWorker:
     """One trial slot (a Ray actor): TensorFlow imported once, a cleared session per trial."""
 
     def __init__(self, threads: int = 1) -> None:
+        self._info: dict[str, Any] | None = None
+        if os.environ.get("KERAS_BACKEND", "tensorflow") == "jax":     # set for this process by the coordinator
+            import jax
+            import keras  # noqa: F401  (imported now, not in the first trial)
+
+            gpus = [d for d in jax.devices() if d.platform == "gpu"]
+            self.device = str(gpus[0]) if gpus else "CPU"
+            return
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
         import tensorflow as tf
 
@@ -89,10 +97,9 @@ class TrainerWorker:
             tf.config.experimental.set_memory_growth(gpu, True)
         import keras  # noqa: F401  (imported now, not in the first trial)
 
-        self.devices = [d.name for d in tf.config.list_logical_devices()]
-        gpus = [d for d in self.devices if ":GPU:" in d]
+        devices = [d.name for d in tf.config.list_logical_devices()]
+        gpus = [d for d in devices if ":GPU:" in d]
         self.device = gpus[0] if gpus else "CPU"
-        self._info: dict[str, Any] | None = None
 
     def info(self) -> dict[str, Any]:
         """Where trials run: stored on each trial (user attrs node, node_ip, host, device)."""
@@ -101,8 +108,11 @@ class TrainerWorker:
 
             node = ray.get_runtime_context().get_node_id()
             ip = next((n["NodeManagerAddress"] for n in ray.nodes() if n["NodeID"] == node), "")
+            import keras
+
             self._info = {"node": node, "node_ip": ip, "host": socket.gethostname(), "worker_pid": os.getpid(),
-                          "device": self.device, "python": platform.python_version()}
+                          "device": self.device, "python": platform.python_version(),
+                          "backend": keras.backend.backend()}
         return dict(self._info)
 
     def train(self, spec: TrialSpec, data: Any, broker: Any) -> TrialResult:

@@ -21,7 +21,14 @@ from workers.spec import Decision, EpochReport, Reporter, TrialResult, TrialSpec
 
 
 def configure_threads(threads: int) -> None:
-    """TensorFlow's thread pools for this process: before its first op (a trial slot, or a rerun)."""
+    """TensorFlow's thread pools for this process: before its first op (a trial slot, or a rerun).
+
+    Under the JAX backend there is nothing to set: XLA sizes its own thread pool.
+    """
+    import keras
+
+    if keras.backend.backend() != "tensorflow":
+        return
     import tensorflow as tf
 
     try:
@@ -130,9 +137,19 @@ def train_trial(spec: TrialSpec, data: Arrays, reporter: Reporter) -> TrialResul
 
 def mixed_policy() -> str:
     """float16 compute where the GPU has tensor cores for it, bfloat16 on a CPU (float16 is slow there)."""
+    return "mixed_float16" if has_gpu() else "mixed_bfloat16"
+
+
+def has_gpu() -> bool:
+    import keras
+
+    if keras.backend.backend() == "jax":
+        import jax
+
+        return any(d.platform == "gpu" for d in jax.devices())
     import tensorflow as tf
 
-    return "mixed_float16" if tf.config.list_physical_devices("GPU") else "mixed_bfloat16"
+    return bool(tf.config.list_physical_devices("GPU"))
 
 
 class _FoldReporter:
@@ -195,7 +212,7 @@ def _train_split(spec: TrialSpec, data: Arrays, reporter: Reporter) -> tuple[Tri
     import keras
 
     keras.utils.set_random_seed(spec.seed)
-    if spec.deterministic:
+    if spec.deterministic and keras.backend.backend() == "tensorflow":     # TensorFlow's switch; none for JAX
         import tensorflow as tf
 
         tf.config.experimental.enable_op_determinism()
@@ -216,7 +233,8 @@ def _train_split(spec: TrialSpec, data: Arrays, reporter: Reporter) -> tuple[Tri
         y, y_val = (keras.utils.to_categorical(v, data.n_classes) for v in (y, y_val))
     weights = class_weights(labels, data.n_classes) if params["class_weight"] == "balanced" else None
     train = _batches(x, y, params["batch_size"], alpha, spec.seed)
-    steps_per_epoch = math.ceil(len(y) / params["batch_size"])
+    steps_per_epoch = (math.ceil(len(y) / params["batch_size"]) if keras.backend.backend() == "tensorflow"
+                       else len(train))      # the PyDataset drops the last, smaller batch
     phases = _phases(spec.epochs, params["freeze_epochs"] if models.backbone(model) is not None else 0)
     start = 0
     if spec.checkpoint:
@@ -231,7 +249,8 @@ def _train_split(spec: TrialSpec, data: Arrays, reporter: Reporter) -> tuple[Tri
         factor = params["fine_tune_lr_factor"] if first > 0 else 1.0     # fine-tuning runs at a lower rate
         model.compile(optimizer=make_optimizer(dict(params, learning_rate=params["learning_rate"] * factor),
                                                (last - first) * steps_per_epoch),
-                      loss=loss, metrics=["accuracy"], jit_compile=spec.jit_compile,
+                      loss=loss, metrics=["accuracy"],
+                      jit_compile=spec.jit_compile or keras.backend.backend() == "jax",   # JAX: always jitted
                       steps_per_execution=spec.steps_per_execution)
         if spec.checkpoint and start >= first:        # the optimizer state only within the phase that saved it
             _resume(model, spec.checkpoint, callback, optimizer=start > first)
@@ -248,7 +267,7 @@ def _train_split(spec: TrialSpec, data: Arrays, reporter: Reporter) -> tuple[Tri
     if callback.best_weights is None:
         return TrialResult(spec.number, callback.state, None, callback.epochs_run, callback.reason), None
     model.set_weights(callback.best_weights)
-    model.predict(data.x_val[:1], verbose=0)            # warm-up, so the timing below is inference only
+    model.predict(data.x_val, batch_size=256, verbose=0)   # warm-up (JAX compiles per batch shape): inference only
     timed = time.perf_counter()
     predicted = np.argmax(model.predict(data.x_val, batch_size=256, verbose=0), axis=1)
     latency = (time.perf_counter() - timed) / max(len(data.x_val), 1)
@@ -264,8 +283,13 @@ def _batches(x: np.ndarray, y: np.ndarray, batch_size: int, alpha: float, seed: 
     """The training pipeline: in-memory tensors, reshuffled each epoch, mixup per batch, prefetched.
 
     The images arrive decoded and resized (once per sweep, in the control
-    plane), so there is nothing to cache per trial.
+    plane), so there is nothing to cache per trial. Under JAX (no TensorFlow,
+    so no tf.data) the same batches come from a Keras ``PyDataset``.
     """
+    import keras
+
+    if keras.backend.backend() != "tensorflow":
+        return _array_batches(x, y, batch_size, alpha, seed)
     import tensorflow as tf
 
     ds = (tf.data.Dataset.from_tensor_slices((x, y.astype("float32") if alpha > 0 else y))
@@ -274,6 +298,36 @@ def _batches(x: np.ndarray, y: np.ndarray, batch_size: int, alpha: float, seed: 
     if alpha > 0:
         ds = ds.map(lambda a, b: augment.mixup(a, b, alpha), num_parallel_calls=tf.data.AUTOTUNE)
     return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def _array_batches(x: np.ndarray, y: np.ndarray, batch_size: int, alpha: float, seed: int) -> Any:
+    """tf.data's pipeline above in NumPy, for backends without TensorFlow: a seeded reshuffle each epoch.
+
+    Full batches only: XLA compiles the training step once per batch shape, and a last, smaller
+    batch would cost a second compile; reshuffled each epoch, every image still takes part.
+    """
+    import keras
+
+    class ArrayBatches(keras.utils.PyDataset):
+        def __init__(self) -> None:
+            super().__init__()
+            self.rng = np.random.default_rng(seed)
+            self.order = self.rng.permutation(len(x))
+
+        def __len__(self) -> int:
+            return max(1, len(x) // batch_size)
+
+        def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+            chosen = self.order[index * batch_size:(index + 1) * batch_size]
+            images, labels = x[chosen], y[chosen]
+            if alpha > 0:
+                return augment.mixup_arrays(images, labels.astype("float32"), alpha, self.rng)
+            return images, labels
+
+        def on_epoch_end(self) -> None:
+            self.order = self.rng.permutation(len(x))
+
+    return ArrayBatches()
 
 
 def _phases(epochs: int, freeze_epochs: int) -> list[tuple[int, int, str]]:

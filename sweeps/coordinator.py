@@ -591,16 +591,11 @@ def _start_ray(address: str | None, backend: str = "tensorflow") -> None:
 
     import ray
 
-    if not address and backend == "jax" and (importlib.util.find_spec("jax") is None
-                                             or importlib.util.find_spec("keras") is None):
-        raise SweepsError("backend: jax, but JAX is not installed here, and the local Ray workers need it to "
-                          "train: pip install 'sweeps[jax]', or send trials to a cluster that has it with "
-                          "--ray-address")
-    if not address and backend == "tensorflow" and (importlib.util.find_spec("tensorflow") is None
-                                                    or importlib.util.find_spec("keras") is None):
-        raise SweepsError("TensorFlow is not installed here, and the local Ray workers need it to train: "
-                          "pip install 'sweeps[tf]' (or 'sweeps[gpu]'), or send trials to a cluster that has it "
-                          "with --ray-address")
+    module, name, extra = {"tensorflow": ("tensorflow", "TensorFlow", "'sweeps[tf]' (or 'sweeps[gpu]')"),
+                           "jax": ("jax", "JAX", "'sweeps[jax]'")}[backend]
+    if not address and (importlib.util.find_spec(module) is None or importlib.util.find_spec("keras") is None):
+        raise SweepsError(f"{name} is not installed here, and the local Ray workers need it to train: "
+                          f"pip install {extra}, or send trials to a cluster that has it with --ray-address")
 
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")   # no usage reports home (and a second faster start)

@@ -72,9 +72,28 @@ def pg_url() -> Iterator[str]:
     engine.dispose()
 
 
+@pytest.fixture(scope="session")
+def ray_head(_private_data_home: None) -> Iterator[str]:
+    """The address of one Ray head (2 CPUs) for the whole session, stopped at its end.
+
+    Sweeps that do not look at their own process tree or give their workers an
+    environment of their own run on it with --ray-address: a private local Ray
+    costs about 6 s to start and stop per sweep. Its workers inherit this
+    process's environment (and so the private XDG_DATA_HOME).
+    """
+    from tests import raynodes
+
+    os.environ["RAY_AUTH_MODE"] = "disabled"     # for in-process clients (the head has no token)
+    proc, address = raynodes.head(cpus=2, env={"TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONUNBUFFERED": "1"})
+    try:
+        yield address
+    finally:
+        raynodes.stop(proc)
+
+
 def cli_env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k != "SWEEPS_STORAGE"}
-    env.update(PYTHONUNBUFFERED="1", TF_CPP_MIN_LOG_LEVEL="2", **extra)
+    env.update(PYTHONUNBUFFERED="1", TF_CPP_MIN_LOG_LEVEL="2", RAY_AUTH_MODE="disabled", **extra)
     return env
 
 

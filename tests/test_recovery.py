@@ -241,12 +241,12 @@ def test_two_coordinators_share_one_budget(pg_url: str, tmp_path: Path) -> None:
     assert len(coordinators) == 2, "both coordinators should have run trials"
 
 
-def test_diverging_trial_is_not_retried_and_the_sweep_goes_on(tmp_path: Path) -> None:
+def test_diverging_trial_is_not_retried_and_the_sweep_goes_on(ray_head: str, tmp_path: Path) -> None:
     space = write_space(tmp_path, study="diverge", budget={"n_trials": 2}, parallel=1, epochs=2,
                         sampler={"name": "grid"}, pruner=NO_PRUNING,
                         parameters={"learning_rate": {"values": [1.0e9, 1.0e-2]}, "optimizer": "sgd",
                                     "momentum": 0.9, "width": 8, "batch_size": 64})
-    result = run_cli("run", str(space), cwd=tmp_path)
+    result = run_cli("run", str(space), "--ray-address", ray_head, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     trials = _study(f"sqlite:///{tmp_path}/sweeps.db", "diverge").get_trials()
     assert len(trials) == 2
@@ -256,7 +256,7 @@ def test_diverging_trial_is_not_retried_and_the_sweep_goes_on(tmp_path: Path) ->
     assert not [t for t in trials if "retry_of" in t.user_attrs]
 
 
-def test_resume_where_the_dataset_is_missing_is_one_clear_line(tmp_path: Path) -> None:
+def test_resume_where_the_dataset_is_missing_is_one_clear_line(ray_head: str, tmp_path: Path) -> None:
     import numpy as np
     from sklearn.datasets import load_digits
 
@@ -267,7 +267,7 @@ def test_resume_where_the_dataset_is_missing_is_one_clear_line(tmp_path: Path) -
     url = f"sqlite:///{tmp_path}/sweeps.db"
     space = write_space(tmp_path, study="moved", budget={"n_trials": 1}, parallel=1, epochs=1,
                         dataset={"name": "npz", "path": "data/digits.npz"})
-    assert run_cli("run", str(space), "--storage", url, cwd=tmp_path).returncode == 0
+    assert run_cli("run", str(space), "--storage", url, "--ray-address", ray_head, cwd=tmp_path).returncode == 0
     data.rename(tmp_path / "elsewhere.npz")                 # "another machine" without the file
     before = [(t.number, t.state) for t in _study(url, "moved").get_trials()]
     result = run_cli("resume", "moved", "--storage", url, "--n-trials", "2", cwd=tmp_path)

@@ -26,15 +26,15 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def finished(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
-    """A tiny finished sweep, run through the Python API in this process (real Ray, real Keras)."""
+def finished(tmp_path_factory: pytest.TempPathFactory, ray_head: str) -> Iterator[dict[str, Any]]:
+    """A tiny finished sweep, run through the Python API in this process (the session's Ray, real Keras)."""
     from sweeps import load_sweep, run_sweep
 
     folder = tmp_path_factory.mktemp("served")
     url = f"sqlite:///{folder}/sweeps.db"
     config = {**TINY_SPACE, "parameters": SWEEP_PARAMETERS, "study": "served", "budget": {"n_trials": 2},
               "parallel": 1, "epochs": 2, "pruner": {"name": "none"}}
-    sweep = run_sweep(config, url)
+    sweep = run_sweep(config, url, ray_address=ray_head)
     yield {"sweep": sweep, "url": url, "folder": folder, "loaded": load_sweep("served", url)}
 
 

@@ -40,12 +40,12 @@ def _check_every_epoch_stored(trials: list[optuna.trial.FrozenTrial]) -> None:
         assert steps == list(range(1, t.user_attrs["epochs_run"] + 1)), (t.number, steps)
 
 
-def test_postgresql_sweep_two_in_parallel_workers_never_connect(pg_url: str, tmp_path: Path) -> None:
+def test_postgresql_sweep_two_in_parallel_workers_never_connect(pg_url: str, ray_head: str, tmp_path: Path) -> None:
     space = write_space(tmp_path, study="pg-sweep", budget={"n_trials": 4}, parallel=2)
     db = pg_url.rsplit("/", 1)[1]
     server_port = sqlalchemy.engine.make_url(pg_url).port or 5432
     monitor = sqlalchemy.create_engine(driver_url(pg_url), isolation_level="AUTOCOMMIT")
-    proc = start_cli("run", str(space), "--storage", pg_url, cwd=tmp_path)
+    proc = start_cli("run", str(space), "--storage", pg_url, "--ray-address", ray_head, cwd=tmp_path)
     client_pids: set[int] = set()
     names: set[str] = set()
     most_connections = most_running = 0
@@ -131,7 +131,7 @@ def _get_json(url: str) -> dict:
         return json.loads(r.read())
 
 
-def test_sqlite_sweep_prunes_bad_region_and_keeps_conditions(tmp_path: Path) -> None:
+def test_sqlite_sweep_prunes_bad_region_and_keeps_conditions(ray_head: str, tmp_path: Path) -> None:
     space = write_space(tmp_path, study="lite", budget={"n_trials": 5}, parallel=1, epochs=4,
                         sampler={"name": "random", "seed": 3},
                         pruner={"name": "median", "n_startup_trials": 1, "n_warmup_steps": 0},
@@ -143,7 +143,7 @@ def test_sqlite_sweep_prunes_bad_region_and_keeps_conditions(tmp_path: Path) -> 
                             "depth": {"values": [1], "when": {"architecture": "resnet"}},
                             "width": 8, "batch_size": 32,
                         })
-    result = run_cli("run", str(space), cwd=tmp_path)          # default storage: sqlite:///sweeps.db here
+    result = run_cli("run", str(space), "--ray-address", ray_head, cwd=tmp_path)   # default storage: sqlite:///sweeps.db here
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "sweeps.db").exists()
     study = optuna.load_study(study_name="lite", storage=f"sqlite:///{tmp_path}/sweeps.db")
@@ -163,12 +163,12 @@ def test_sqlite_sweep_prunes_bad_region_and_keeps_conditions(tmp_path: Path) -> 
     assert study.best_params["learning_rate"] == 1e-2
 
 
-def test_interrupted_sweep_resumes_to_its_budget_in_a_new_process(tmp_path: Path) -> None:
+def test_interrupted_sweep_resumes_to_its_budget_in_a_new_process(ray_head: str, tmp_path: Path) -> None:
     db = tmp_path / "store" / "sweeps.db"
     db.parent.mkdir()
     url = f"sqlite:///{db}"
     space = write_space(tmp_path, study="resumable", budget={"n_trials": 3}, parallel=1)
-    proc = start_cli("run", str(space), "--storage", url, cwd=tmp_path)
+    proc = start_cli("run", str(space), "--storage", url, "--ray-address", ray_head, cwd=tmp_path)
     try:
         deadline = time.monotonic() + 240
         while True:
@@ -196,7 +196,7 @@ def test_interrupted_sweep_resumes_to_its_budget_in_a_new_process(tmp_path: Path
 
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
-    result = run_cli("resume", "resumable", cwd=elsewhere, SWEEPS_STORAGE=url)
+    result = run_cli("resume", "resumable", "--ray-address", ray_head, cwd=elsewhere, SWEEPS_STORAGE=url)
     assert result.returncode == 0, result.stderr
     trials = optuna.load_study(study_name="resumable", storage=url).get_trials()
     assert len([t for t in trials if t.state in FINISHED]) == 3 and len(trials) == 3

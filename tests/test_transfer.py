@@ -57,7 +57,7 @@ def _pretrain_backbone(path: Path) -> float:
     return result.value
 
 
-def test_pretrain_on_mnist_then_fine_tune_on_digits_from_the_file(tmp_path: Path) -> None:
+def test_pretrain_on_mnist_then_fine_tune_on_digits_from_the_file(ray_head: str, tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path}/sweeps.db"
     pretrained = tmp_path / "models" / "pre-backbone.weights.h5"
     value = _pretrain_backbone(pretrained)
@@ -68,7 +68,7 @@ def test_pretrain_on_mnist_then_fine_tune_on_digits_from_the_file(tmp_path: Path
     write_space(tmp_path, "fine.yaml", study="fine", dataset={"name": "digits", "max_images": 600}, epochs=4,
                 **ONE_TRIAL, parameters={**FIXED, "learning_rate": 3e-3, "batch_size": 32, "weights": "models/pre-backbone.weights.h5", "freeze_epochs": 2,
                             "unfreeze_layers": unfreeze, "fine_tune_lr_factor": 0.1})
-    done = run_cli("run", str(tmp_path / "fine.yaml"), "--storage", url, "--quiet", timeout=600)
+    done = run_cli("run", str(tmp_path / "fine.yaml"), "--storage", url, "--ray-address", ray_head, "--quiet", timeout=600)
     assert done.returncode == 0, done.stderr
     best = json.loads(run_cli("best", "fine", "--storage", url, "--json").stdout)
     assert best["value"] > 0.3, best          # digits, 10 classes: chance is 0.1

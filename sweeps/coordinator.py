@@ -186,6 +186,8 @@ class Coordinator:
         self.removed: set[int] = set()                # configurations whose checkpoints are gone
         self.last_beat = 0.0
         self.last_count = 0.0
+        self.counter = recovery.Counter(study.direction == optuna.study.StudyDirection.MAXIMIZE)
+        self.kept: dict[int, float] = {}              # complete configurations whose checkpoints are kept: value
 
     def _checkpoint_store(self) -> CheckpointStore | None:
         location = self.config.checkpoint_store
@@ -211,15 +213,12 @@ class Coordinator:
         p = self.progress
         self.last_count = time.monotonic()
         trials = self._db(lambda: self.study.get_trials(deepcopy=False))
-        tally = recovery.tally(trials)
+        tally, best, seconds = self.counter.update(trials)
         if self.config.gpu_hours is not None:
-            p.gpu_hours = recovery.gpu_hours(trials, self.config.gpus)
+            p.gpu_hours = seconds * self.config.gpus / 3600.0
         p.complete, p.pruned, p.failed = tally.complete, tally.pruned, tally.failed
         p.running, p.waiting, p.retried = tally.running, tally.waiting, tally.retried
-        complete = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE and t.value is not None]
-        if complete:           # study.best_trial, without another query
-            pick = max if self.study.direction == optuna.study.StudyDirection.MAXIMIZE else min
-            best = pick(complete, key=lambda t: t.value)
+        if best is not None:           # study.best_trial, without another query
             p.best_value, p.best_number = best.value, best.number
         return tally
 
@@ -415,11 +414,10 @@ class Coordinator:
         attrs = dict(trial.user_attrs)
         chosen = space.suggest(trial, self.config.parameters)
         seed = trial_seed(self.config.seed, recovery.config_id(trial.number, attrs))
-        trial.set_user_attr("seed", seed)
-        trial.set_user_attr("coordinator", COORDINATOR_ID)
+        new_attrs: dict[str, Any] = {"seed": seed, "coordinator": COORDINATOR_ID}
         fixed = {k: v for k, v in chosen.items() if k not in trial.params}
         if fixed:
-            trial.set_user_attr("fixed_params", fixed)
+            new_attrs["fixed_params"] = fixed
         checkpoint = None
         folds = self.config.dataset.folds or 0
         if recovery.RETRY_OF in attrs and self.checkpoints is not None and not folds:   # folds start over
@@ -428,8 +426,8 @@ class Coordinator:
             meta = read_meta(checkpoint)
             for epoch, value in sorted((int(k), v) for k, v in meta["values"].items()):
                 trial.report(value, epoch)    # the learning curve continues where the last attempt stopped
-            attrs[recovery.START_EPOCH] = int(meta["epoch"])
-            trial.set_user_attr(recovery.START_EPOCH, int(meta["epoch"]))
+            attrs[recovery.START_EPOCH] = new_attrs[recovery.START_EPOCH] = int(meta["epoch"])
+        db.set_user_attrs(self.storage, trial._trial_id, new_attrs)
         self.trials[trial.number] = trial
         self.attrs[trial.number] = attrs
         spec = TrialSpec(number=trial.number, params=space.trial_params(chosen), epochs=self.config.epochs,
@@ -493,17 +491,16 @@ class Coordinator:
 
     def _store_result(self, trial: optuna.Trial, attrs: dict[str, Any], result: TrialResult, fault: bool) -> bool:
         """Write the outcome; for a failure, queue its retry. Safe to run again after a dropped connection."""
-        frozen = self.storage.get_trial(trial._trial_id)
-        if frozen.state.is_finished():
+        try:      # refused once the trial is finished: only then is it read back, to learn who finished it
+            db.set_user_attrs(self.storage, trial._trial_id, {
+                "epochs_run": result.epochs_run, **({REASON_ATTR: result.reason} if result.reason else {}),
+                **result.metrics})
+        except optuna.exceptions.UpdateFinishedTrialError:
+            frozen = self.storage.get_trial(trial._trial_id)
             if frozen.state == optuna.trial.TrialState.FAIL and frozen.user_attrs.get(REASON_ATTR, "").startswith(
                     "coordinator lost"):
-                raise optuna.exceptions.UpdateFinishedTrialError("taken over")
+                raise
             return False      # our own earlier attempt got through before the connection dropped
-        trial.set_user_attr("epochs_run", result.epochs_run)
-        if result.reason:
-            trial.set_user_attr(REASON_ATTR, result.reason)
-        for key, value in result.metrics.items():
-            trial.set_user_attr(key, value)
         if result.state == TrialState.COMPLETE and result.value is not None and math.isfinite(result.value):
             self._upload_confusion_matrix(trial, result)
             self.study.tell(trial, result.value)
@@ -547,15 +544,17 @@ class Coordinator:
             self.checkpoints.remove(config_id)
             self.removed.add(config_id)
             return
-        complete = self._db(lambda: self.study.get_trials(deepcopy=False,
-                                                          states=(optuna.trial.TrialState.COMPLETE,)))
-        maximize = self.study.direction == optuna.study.StudyDirection.MAXIMIZE
-        ranked = sorted(complete, key=lambda t: t.value, reverse=maximize)
-        for t in ranked[self.config.keep_best:]:
+        # complete trials as the counts have read them (the last count came after this trial was stored);
+        # one that completed since can only push others further down, so none is removed too early
+        for t in self.counter.take_completed():
             cid = recovery.config_id(t.number, t.user_attrs)
             if cid not in self.removed:
-                self.checkpoints.remove(cid)
-                self.removed.add(cid)
+                self.kept[cid] = t.value
+        ranked = sorted(self.kept, key=self.kept.__getitem__, reverse=self.counter.maximize)
+        for cid in ranked[self.config.keep_best:]:
+            self.checkpoints.remove(cid)
+            self.removed.add(cid)
+            del self.kept[cid]
 
     def summary(self) -> dict[str, Any]:
         p = self.progress

@@ -41,6 +41,41 @@ def test_a_failure_with_a_retry_does_not_count_its_retry_does(tmp_path: Path) ->
     assert recovery.tally(study.get_trials()).failed == 1       # no retry queued: a final failure
 
 
+def test_the_counter_reads_each_finished_trial_once_and_agrees_with_a_full_tally(tmp_path: Path) -> None:
+    """Counted after every step of a study with running trials, retries and out-of-order endings."""
+    study = _study(tmp_path)
+    counter = recovery.Counter(maximize=True)
+    seen: list[int] = []
+
+    def check() -> None:
+        trials = study.get_trials(deepcopy=False)
+        tally, best, seconds = counter.update(trials)
+        assert tally == recovery.tally(trials)
+        complete = [t for t in trials if t.state == TS.COMPLETE]
+        assert (best.number if best else None) == (max(complete, key=lambda t: t.value).number if complete else None)
+        assert seconds * 0.5 / 3600 == pytest.approx(recovery.gpu_hours(trials, 0.5), abs=1e-5)
+        seen.extend(t.number for t in counter.take_completed())
+
+    a, b = study.ask(), study.ask()
+    a.suggest_float("x", 0, 1), b.suggest_float("x", 0, 1)
+    check()
+    study.tell(b, 0.7)                                   # ends before a: not settled yet
+    check()
+    study.tell(a, state=TS.FAIL)
+    check()
+    assert recovery.enqueue_retry(study, a.number, {"x": 0.5}, {}, fault=True, max_retries=2)
+    check()                                              # a is now replaced by its queued retry
+    retry, c = study.ask(), study.ask()
+    retry.suggest_float("x", 0, 1), c.suggest_float("x", 0, 1)
+    study.tell(c, 0.9)
+    study.tell(retry, state=TS.PRUNED)
+    check()
+    d = study.ask()
+    study.tell(d, state=TS.FAIL)                          # no retry: a final failure
+    check()
+    assert counter.settled == 5 and sorted(seen) == [b.number, c.number]   # each complete trial handed out once
+
+
 def test_only_one_of_two_recoverers_fails_a_stale_trial(tmp_path: Path) -> None:
     study = _study(tmp_path)
     trial = study.ask({"x": optuna.distributions.FloatDistribution(0, 1)})

@@ -59,3 +59,21 @@ def test_two_processes_creating_one_sqlite_file_at_once_both_succeed(tmp_path: P
                                   text=True) for _ in range(4)]
         outs = [p.communicate(timeout=120) for p in procs]
         assert [p.returncode for p in procs] == [0, 0, 0, 0], [err[-500:] for _, err in outs]
+
+
+@pytest.mark.parametrize("where", ["postgresql", "sqlite"])
+def test_user_attrs_in_one_write_read_back_as_optuna_writes_them(where: str, pg_url: str, tmp_path: Path) -> None:
+    import optuna
+
+    url = pg_url if where == "postgresql" else f"sqlite:///{tmp_path}/attrs.db"
+    study = optuna.create_study(study_name=f"attrs-{tmp_path.name}", storage=storage.open_storage(url, create=True))
+    backend = storage.backend(study)
+    trial = study.ask()
+    trial.set_user_attr("seed", 1)                                  # Optuna's own write, replaced below
+    storage.set_user_attrs(backend, trial._trial_id, {"seed": 7, "matrix": [[1, 2], [3, 4]], "note": "ok"})
+    assert study.trials[0].user_attrs == {"seed": 7, "matrix": [[1, 2], [3, 4]], "note": "ok"}
+    study.tell(trial, 0.5)
+    with pytest.raises(optuna.exceptions.UpdateFinishedTrialError):
+        storage.set_user_attrs(backend, trial._trial_id, {"seed": 8, "late": True})
+    assert study.trials[0].user_attrs == {"seed": 7, "matrix": [[1, 2], [3, 4]], "note": "ok"}   # nothing of it stored
+    backend.engine.dispose()

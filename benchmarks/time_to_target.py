@@ -1,0 +1,305 @@
+"""Issue 5, benchmark 4: time until a sweep first reaches validation accuracy 0.975 on the 5,000 MNIST images.
+
+    .venv/bin/python benchmarks/time_to_target.py --systems ours,random,kerastuner,tune --seeds 0,1,2 --cap 900
+
+Four systems search the same space (the parameters of ``search_spaces/mnist.yaml``) on the same split
+(our MNIST-5k loader: 3,499 training and 1,001 validation images, 500 test images held out), at most 15
+epochs per trial, two trials at a time on this machine's cores, one thread each:
+
+- ours: ``run_sweep`` with TPE and ASHA (rungs at epochs 4 and 12, reduction factor 3), as mnist.yaml;
+- random: ours with ``sampler: random`` and ``pruner: none``;
+- kerastuner: KerasTuner's Hyperband (max_epochs 15, factor 3) in its distributed mode, a chief and two
+  tuner processes, training the same Keras model (our model builder and augmentation layers, the same
+  optimizer, cosine schedule and label smoothing) with ``model.fit``;
+- tune: Ray Tune's ASHAScheduler (grace period 4, reduction factor 3, max 15) with OptunaSearch (TPE),
+  two concurrent trials, each training with our trainer (``workers.trainer.train_trial``).
+
+The clock starts when a system is asked to start (its processes and TensorFlow imports included) and
+stops when any trial first reports an epoch with validation accuracy >= --target. A run that gets no
+such epoch within --cap seconds is reported as "> cap". The run is then stopped, running trials included.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import functools
+import math
+import os
+import platform
+import signal
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import zlib
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+EPOCHS = 15
+PARALLEL = 2
+
+
+def _config(seed: int, sampler: str, pruner: dict[str, Any], study: str) -> Any:
+    import yaml
+
+    from sweeps.config import from_dict
+
+    raw = yaml.safe_load((ROOT / "search_spaces" / "mnist.yaml").read_text())
+    raw.update(study=study, seed=seed, epochs=EPOCHS, sampler={"name": sampler}, pruner=pruner,
+               budget={"n_trials": 500}, parallel=PARALLEL, resources={"cpus": 1, "gpus": 0})
+    return from_dict(raw, source="benchmark")
+
+
+def run_ours(seed: int, target: float, cap: float, *, random: bool = False) -> dict[str, Any]:
+    """The coordinator in this process; a thread watches the study's stored epochs for the target."""
+    from sweeps.coordinator import run_sweep
+
+    pruner = {"name": "none"} if random else {"name": "asha", "min_resource": 4, "reduction_factor": 3}
+    config = _config(seed, "random" if random else "tpe", pruner, f"t2t-{seed}")
+    out: dict[str, Any] = {"reached": None}
+    with tempfile.TemporaryDirectory() as tmp:
+        db = Path(tmp) / "sweeps.db"
+        started = time.monotonic()
+
+        def watch() -> None:
+            while True:
+                time.sleep(1.0)
+                best = None
+                if db.exists():
+                    try:
+                        with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5) as conn:
+                            best = conn.execute("SELECT max(intermediate_value) FROM trial_intermediate_values"
+                                                ).fetchone()[0]
+                    except sqlite3.Error:
+                        pass              # the schema is still being created
+                elapsed = time.monotonic() - started
+                if best is not None and best >= target and out["reached"] is None:
+                    out["reached"] = elapsed
+                if out["reached"] is not None or elapsed > cap or out.get("ended"):
+                    break
+            if not out.get("ended"):
+                for _ in range(2):        # Ctrl-C twice: no new trials, running ones stopped and recorded
+                    os.kill(os.getpid(), signal.SIGINT)
+                    time.sleep(0.5)
+
+        watcher = threading.Thread(target=watch, daemon=True)
+        watcher.start()
+        try:
+            run_sweep(config, f"sqlite:///{db}")
+        finally:
+            out["ended"] = True
+        watcher.join(timeout=5)
+        with sqlite3.connect(db) as conn:
+            out["trials"] = conn.execute("SELECT count(*) FROM trials WHERE datetime_start IS NOT NULL").fetchone()[0]
+    return out
+
+
+def run_random(seed: int, target: float, cap: float) -> dict[str, Any]:
+    return run_ours(seed, target, cap, random=True)
+
+
+def _space() -> dict[str, Any]:
+    return _config(0, "tpe", {"name": "none"}, "space").parameters
+
+
+def _define(params: dict[str, Any], trial: Any) -> dict[str, Any]:
+    """OptunaSearch's define-by-run space: our parameters; the fixed ones are returned as constants."""
+    from sweeps import space
+
+    chosen = space.suggest(trial, params)
+    return {k: v for k, v in chosen.items() if k not in trial.params}
+
+
+def run_tune(seed: int, target: float, cap: float) -> dict[str, Any]:
+    import optuna
+    import ray
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler
+    from ray.tune.search.optuna import OptunaSearch
+
+    from sweeps import space
+    from workers import data as datasets
+
+    params = _space()
+    arrays = datasets.load({"name": "mnist", "val_fraction": 0.2}, seed=seed)
+    state: dict[str, Any] = {"reached": None, "trials": 0}
+    started = time.monotonic()
+
+    def trainable(config: dict[str, Any], data: Any = None) -> None:
+        from workers import trainer
+        from workers.spec import Decision, TrialSpec
+
+        trainer.configure_threads(1)
+
+        class Report:
+            def report(self, report: Any) -> Any:
+                tune.report({"val_accuracy": report.value})
+                return Decision.CONTINUE
+
+        trial_seed = seed * 1000 + zlib.crc32(repr(sorted(config.items())).encode()) % 1000
+        spec = TrialSpec(number=0, params=space.trial_params(config), epochs=EPOCHS, seed=trial_seed, threads=1,
+                         save_checkpoints=False)
+        trainer.train_trial(spec, data, Report())
+
+    class Clock(tune.Callback):
+        def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
+            if result.get("val_accuracy", 0) >= target and state["reached"] is None:
+                state["reached"] = time.monotonic() - started
+
+        def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+            state["trials"] += 1
+
+    class Stop(tune.Stopper):
+        def __call__(self, trial_id: str, result: dict) -> bool:
+            return False
+
+        def stop_all(self) -> bool:
+            return state["reached"] is not None or time.monotonic() - started > cap
+
+    ray.init(address="local", _node_ip_address="127.0.0.1", num_cpus=PARALLEL, include_dashboard=False,
+             logging_level="ERROR", log_to_driver=False)
+    try:
+        with tempfile.TemporaryDirectory() as results:
+            tuner = tune.Tuner(
+                tune.with_resources(tune.with_parameters(trainable, data=arrays), {"cpu": 1}),
+                tune_config=tune.TuneConfig(
+                    search_alg=OptunaSearch(functools.partial(_define, params), metric="val_accuracy", mode="max",
+                                            sampler=optuna.samplers.TPESampler(seed=seed)),
+                    scheduler=ASHAScheduler(metric="val_accuracy", mode="max", max_t=EPOCHS, grace_period=4,
+                                            reduction_factor=3),
+                    num_samples=500, max_concurrent_trials=PARALLEL),
+                run_config=tune.RunConfig(storage_path=results, verbose=0, stop=Stop(), callbacks=[Clock()]))
+            tuner.fit()
+    finally:
+        ray.shutdown()
+    return state
+
+
+# -- KerasTuner: a chief (the oracle) and two tuner processes, each this script with --kt-role -----------------
+def _kt_process(role: str, seed: int, target: float, folder: str) -> None:
+    """One KerasTuner process (KERASTUNER_TUNER_ID etc. are in its environment)."""
+    import keras
+    import keras_tuner as kt
+
+    from sweeps import space
+    from workers import augment, models, trainer
+    from workers import data as datasets
+
+    trainer.configure_threads(1)
+    params = _space()
+    arrays = datasets.load({"name": "mnist", "val_fraction": 0.2}, seed=seed)
+    y_train, y_val = (keras.utils.to_categorical(v, arrays.n_classes) for v in (arrays.y_train, arrays.y_val))
+
+    class HyperModel(kt.HyperModel):
+        def build(self, hp: kt.HyperParameters) -> Any:
+            chosen = {}
+            for p in params.values():
+                if p.fixed:
+                    chosen[p.name] = p.value
+                elif p.values is not None:
+                    chosen[p.name] = hp.Choice(p.name, list(p.values))
+                else:
+                    chosen[p.name] = hp.Float(p.name, p.low, p.high, sampling="log" if p.log else "linear")
+            values = space.trial_params(chosen)
+            model = models.build(values, arrays.input_shape, arrays.n_classes,
+                                 augment.layers(values["augment"], False, seed=seed,
+                                                erasing=values["random_erasing"]))
+            steps = math.ceil(len(y_train) / values["batch_size"]) * EPOCHS
+            model.compile(optimizer=trainer.make_optimizer(values, steps),
+                          loss=keras.losses.CategoricalCrossentropy(label_smoothing=values["label_smoothing"]),
+                          metrics=["accuracy"])
+            return model
+
+        def fit(self, hp: kt.HyperParameters, model: Any, *args: Any, **kwargs: Any) -> Any:
+            return model.fit(*args, batch_size=hp.get("batch_size"), **kwargs)
+
+    class Clock(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+            if (logs or {}).get("val_accuracy", 0) >= target:
+                try:
+                    fd = os.open(os.path.join(folder, "reached"), os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+                    os.write(fd, str(time.time()).encode())
+                    os.close(fd)
+                except FileExistsError:
+                    pass
+
+    tuner = kt.Hyperband(HyperModel(), objective="val_accuracy", max_epochs=EPOCHS, factor=3, seed=seed,
+                         directory=folder, project_name="t2t", overwrite=False)
+    tuner.search(arrays.x_train, y_train, validation_data=(arrays.x_val, y_val), callbacks=[Clock()], verbose=0)
+
+
+def run_kerastuner(seed: int, target: float, cap: float) -> dict[str, Any]:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with tempfile.TemporaryDirectory() as folder:
+        started_wall, started = time.time(), time.monotonic()
+        procs = []
+        for role in ("chief", "tuner0", "tuner1"):
+            env = {**os.environ, "KERASTUNER_TUNER_ID": role, "KERASTUNER_ORACLE_IP": "127.0.0.1",
+                   "KERASTUNER_ORACLE_PORT": str(port), "TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": ""}
+            procs.append(subprocess.Popen([sys.executable, __file__, "--kt-role", role, "--seeds", str(seed),
+                                           "--target", str(target), "--kt-folder", folder], env=env,
+                                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True))
+            if role == "chief":
+                time.sleep(3)        # the oracle's server first
+        marker = Path(folder) / "reached"
+        out: dict[str, Any] = {"reached": None}
+        while time.monotonic() - started < cap and all(p.poll() is None for p in procs[1:]):
+            if marker.exists() and marker.read_text():
+                out["reached"] = float(marker.read_text()) - started_wall
+                break
+            time.sleep(1.0)
+        for p in procs:
+            if p.poll() is None:
+                os.killpg(p.pid, signal.SIGKILL)
+            p.wait()
+        out["trials"] = len(list(Path(folder, "t2t").glob("trial_*")))
+    return out
+
+
+SYSTEMS = {"ours": run_ours, "random": run_random, "kerastuner": run_kerastuner, "tune": run_tune}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--systems", default=",".join(SYSTEMS), help="comma-separated: " + ", ".join(SYSTEMS))
+    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--target", type=float, default=0.975)
+    parser.add_argument("--cap", type=float, default=900.0, help="seconds before a run counts as not reaching it")
+    parser.add_argument("--kt-role", help=argparse.SUPPRESS)
+    parser.add_argument("--kt-folder", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    seeds = [int(s) for s in args.seeds.split(",")]
+    if args.kt_role:
+        _kt_process(args.kt_role, seeds[0], args.target, args.kt_folder)
+        return
+    print("| date | machine | system | seed | time to target | trials started |")
+    print("|---|---|---|---|---|---|")
+    medians = {}
+    for name in args.systems.split(","):
+        times = []
+        for seed in seeds:
+            out = SYSTEMS[name](seed, args.target, args.cap)
+            reached = out["reached"]
+            times.append(reached if reached is not None else math.inf)
+            shown = f"{reached:.0f} s" if reached is not None else f"> {args.cap:.0f} s"
+            print(f"| {datetime.date.today()} | {platform.node()}, {os.cpu_count()} cores | {name} | {seed} "
+                  f"| {shown} | {out.get('trials', '?')} |", flush=True)
+        medians[name] = statistics.median(times)
+    print()
+    for name, median in medians.items():
+        print(f"median {name}: " + (f"{median:.0f} s" if math.isfinite(median) else f"> {args.cap:.0f} s"))
+
+
+if __name__ == "__main__":
+    main()

@@ -76,10 +76,11 @@ def pg_url() -> Iterator[str]:
 def ray_head(_private_data_home: None) -> Iterator[str]:
     """The address of one Ray head (2 CPUs) for the whole session, stopped at its end.
 
-    Sweeps that do not look at their own process tree or give their workers an
-    environment of their own run on it with --ray-address: a private local Ray
-    costs about 6 s to start and stop per sweep. Its workers inherit this
-    process's environment (and so the private XDG_DATA_HOME).
+    Sweeps that do not look for their trainer processes, read the Ray session's
+    logs or give their workers an environment of their own run on it with
+    --ray-address: a private local Ray costs about 6 s to start and stop per
+    sweep. Its workers inherit this process's environment (and so the private
+    XDG_DATA_HOME).
     """
     from tests import raynodes
 

@@ -71,10 +71,10 @@ def _check_curves_continuous(trials: list[optuna.trial.FrozenTrial]) -> None:
             assert sorted(t.intermediate_values) == list(range(1, t.user_attrs["epochs_run"] + 1)), t.number
 
 
-def test_killed_coordinator_is_resumed_from_another_directory(pg_url: str, tmp_path: Path) -> None:
+def test_killed_coordinator_is_resumed_from_another_directory(pg_url: str, ray_head: str, tmp_path: Path) -> None:
     space = write_space(tmp_path, study="crash", budget={"n_trials": 4}, parallel=2, epochs=6,
                         pruner=NO_PRUNING, recovery=FAST_RECOVERY)
-    proc = start_cli("run", str(space), "--storage", pg_url, cwd=tmp_path)
+    proc = start_cli("run", str(space), "--storage", pg_url, "--ray-address", ray_head, cwd=tmp_path)
     try:
         _wait_for(_running_with_epochs(pg_url, "crash", 2), proc, "a trial reached epoch 2")
     finally:
@@ -84,7 +84,7 @@ def test_killed_coordinator_is_resumed_from_another_directory(pg_url: str, tmp_p
 
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
-    result = run_cli("resume", "crash", "--storage", pg_url, cwd=elsewhere, timeout=400)
+    result = run_cli("resume", "crash", "--storage", pg_url, "--ray-address", ray_head, cwd=elsewhere, timeout=400)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "lost their coordinator" in result.stderr
 
@@ -137,10 +137,10 @@ def test_killed_worker_process_is_retried_and_the_sweep_completes(tmp_path: Path
     assert kept == {f"config-{best.user_attrs.get('config_id', best.number)}"}, kept
 
 
-def test_second_ctrl_c_records_interrupted_and_resume_continues_from_checkpoints(tmp_path: Path) -> None:
+def test_second_ctrl_c_records_interrupted_and_resume_continues_from_checkpoints(ray_head: str, tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path}/sweeps.db"
     space = write_space(tmp_path, study="stopped", budget={"n_trials": 2}, parallel=1, epochs=6, pruner=NO_PRUNING)
-    proc = start_cli("run", str(space), "--storage", url, cwd=tmp_path)
+    proc = start_cli("run", str(space), "--storage", url, "--ray-address", ray_head, cwd=tmp_path)
     try:
         _wait_for(_running_with_epochs(url, "stopped", 2), proc, "a trial reached epoch 2")
         proc.send_signal(signal.SIGINT)
@@ -156,7 +156,7 @@ def test_second_ctrl_c_records_interrupted_and_resume_continues_from_checkpoints
     assert stopped.user_attrs["reason"].startswith("interrupted")
     assert [t.state for t in trials if t.user_attrs.get("retry_of") == stopped.number] == [TS.WAITING]
 
-    result = run_cli("resume", "stopped", "--storage", url, cwd=tmp_path, timeout=300)
+    result = run_cli("resume", "stopped", "--storage", url, "--ray-address", ray_head, cwd=tmp_path, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     trials = _study(url, "stopped").get_trials()
     [retry] = [t for t in trials if t.user_attrs.get("retry_of") == stopped.number]
@@ -166,13 +166,13 @@ def test_second_ctrl_c_records_interrupted_and_resume_continues_from_checkpoints
     _check_curves_continuous(trials)
 
 
-def test_postgresql_restart_mid_sweep_loses_nothing(tmp_path: Path) -> None:
+def test_postgresql_restart_mid_sweep_loses_nothing(ray_head: str, tmp_path: Path) -> None:
     cluster = PgCluster()
     try:
         cluster.start()
         space = write_space(tmp_path, study="outage", budget={"n_trials": 3}, parallel=1, epochs=6,
                             pruner=NO_PRUNING, recovery={"heartbeat_interval": 1, "grace_period": 30})
-        proc = start_cli("run", str(space), "--storage", cluster.url, cwd=tmp_path)
+        proc = start_cli("run", str(space), "--storage", cluster.url, "--ray-address", ray_head, cwd=tmp_path)
         try:
             _wait_for(_running_with_epochs(cluster.url, "outage", 1), proc, "a trial reported an epoch")
             cluster.stop()
@@ -192,13 +192,13 @@ def test_postgresql_restart_mid_sweep_loses_nothing(tmp_path: Path) -> None:
         cluster.destroy()
 
 
-def test_database_gone_too_long_exits_clearly_and_resume_continues(tmp_path: Path) -> None:
+def test_database_gone_too_long_exits_clearly_and_resume_continues(ray_head: str, tmp_path: Path) -> None:
     cluster = PgCluster()
     try:
         cluster.start()
         space = write_space(tmp_path, study="gone", budget={"n_trials": 2}, parallel=1, epochs=4, pruner=NO_PRUNING,
                             recovery={"heartbeat_interval": 1, "grace_period": 4, "database_timeout": 3})
-        proc = start_cli("run", str(space), "--storage", cluster.url, cwd=tmp_path)
+        proc = start_cli("run", str(space), "--storage", cluster.url, "--ray-address", ray_head, cwd=tmp_path)
         try:
             _wait_for(_running_with_epochs(cluster.url, "gone", 1), proc, "a trial reported an epoch")
             cluster.stop()
@@ -210,7 +210,7 @@ def test_database_gone_too_long_exits_clearly_and_resume_continues(tmp_path: Pat
         last = err.strip().splitlines()[-1]
         assert "database has been unreachable" in last and "sweeps resume" in last and "Traceback" not in err
         cluster.start()
-        result = run_cli("resume", "gone", "--storage", cluster.url, cwd=tmp_path, timeout=300)
+        result = run_cli("resume", "gone", "--storage", cluster.url, "--ray-address", ray_head, cwd=tmp_path, timeout=300)
         assert result.returncode == 0, result.stderr[-3000:]
         trials = _study(cluster.url, "gone").get_trials()
         counts = _configs(trials)
@@ -219,13 +219,13 @@ def test_database_gone_too_long_exits_clearly_and_resume_continues(tmp_path: Pat
         cluster.destroy()
 
 
-def test_two_coordinators_share_one_budget(pg_url: str, tmp_path: Path) -> None:
+def test_two_coordinators_share_one_budget(pg_url: str, ray_head: str, tmp_path: Path) -> None:
     space = write_space(tmp_path, study="shared", budget={"n_trials": 6}, parallel=1, epochs=3, pruner=NO_PRUNING)
-    first = start_cli("run", str(space), "--storage", pg_url, cwd=tmp_path)
+    first = start_cli("run", str(space), "--storage", pg_url, "--ray-address", ray_head, cwd=tmp_path)
     second = None
     try:
         _wait_for(_running_with_epochs(pg_url, "shared", 0), first, "the study to exist")
-        second = start_cli("resume", "shared", "--storage", pg_url, cwd=tmp_path)
+        second = start_cli("resume", "shared", "--storage", pg_url, "--ray-address", ray_head, cwd=tmp_path)
         out1, err1 = first.communicate(timeout=400)
         out2, err2 = second.communicate(timeout=400)
     finally:

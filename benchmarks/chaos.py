@@ -27,11 +27,9 @@ import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from pathlib import Path
 
 import optuna
-import sqlalchemy
 import yaml
 
 from sweeps.storage import driver_url
@@ -39,7 +37,9 @@ from sweeps.storage import driver_url
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))          # run as a script from benchmarks/: make tests.processes importable
 from tests.processes import kill_tree, trainer_processes  # noqa: E402
-ADMIN = os.environ.get("SWEEPS_TEST_PG_ADMIN", "postgresql://postgres@127.0.0.1:5432/postgres")
+
+from pgdb import fresh_database  # noqa: E402
+
 TS = optuna.trial.TrialState
 
 SPACE = {
@@ -105,18 +105,13 @@ def main() -> int:
     args = parser.parse_args()
     rng = random.Random(args.seed)
 
-    name = f"sweeps_chaos_{uuid.uuid4().hex[:8]}"
-    admin = sqlalchemy.create_engine(driver_url(ADMIN), isolation_level="AUTOCOMMIT")
-    with admin.connect() as c:
-        c.execute(sqlalchemy.text(f'CREATE DATABASE "{name}"'))
-    url = f"{ADMIN.rsplit('/', 1)[0]}/{name}"
     work = Path(tempfile.mkdtemp(prefix="sweeps-chaos-"))
     os.environ["XDG_DATA_HOME"] = str(work / "data")         # checkpoints of this run stay in its folder
     space = work / "chaos.yaml"
     space.write_text(yaml.safe_dump({**SPACE, "budget": {"n_trials": args.n_trials}}, sort_keys=False))
     worker_kills_left, events = args.worker_kills, []
     started = time.monotonic()
-    try:
+    with fresh_database("sweeps_chaos") as url:
         for generation in range(args.coordinator_kills + 1):
             cwd = work / f"machine-{generation}"
             cwd.mkdir()
@@ -151,9 +146,6 @@ def main() -> int:
                 raise SystemExit(f"the final resume exited {proc.returncode}")
         wall = time.monotonic() - started
         result = check(optuna.load_study(study_name="chaos", storage=driver_url(url)), args.n_trials)
-    finally:
-        with admin.connect() as c:
-            c.execute(sqlalchemy.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
     command = " ".join(["benchmarks/chaos.py", f"--seed {args.seed}", f"--n-trials {args.n_trials}",
                         f"--coordinator-kills {args.coordinator_kills}", f"--worker-kills {args.worker_kills}"])
     print(f"### {datetime.date.today()}, {platform.node()} ({os.cpu_count()} cores): `.venv/bin/python {command}`\n")

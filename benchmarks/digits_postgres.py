@@ -16,26 +16,20 @@ import platform
 import subprocess
 import sys
 import time
-import uuid
 from pathlib import Path
 
 import optuna
-import sqlalchemy
 
+from pgdb import fresh_database
 from sweeps.storage import driver_url
 
 ROOT = Path(__file__).resolve().parents[1]
-ADMIN = os.environ.get("SWEEPS_TEST_PG_ADMIN", "postgresql://postgres@127.0.0.1:5432/postgres")
 
 
 def main() -> None:
-    name = f"sweeps_bench_{uuid.uuid4().hex[:8]}"
-    admin = sqlalchemy.create_engine(driver_url(ADMIN), isolation_level="AUTOCOMMIT")
-    with admin.connect() as c:
-        c.execute(sqlalchemy.text(f'CREATE DATABASE "{name}"'))
-    url = f"{ADMIN.rsplit('/', 1)[0]}/{name}"
-    command = ["sweeps", "run", "search_spaces/digits.yaml", "--storage", url, "--n-trials", "12", "--parallel", "2"]
-    try:
+    with fresh_database() as url:
+        command = ["sweeps", "run", "search_spaces/digits.yaml", "--storage", url, "--n-trials", "12",
+                   "--parallel", "2"]
         started = time.monotonic()
         subprocess.run([sys.executable, "-m", "sweeps.cli", *command[1:]], cwd=ROOT, check=True)
         wall = time.monotonic() - started
@@ -44,9 +38,6 @@ def main() -> None:
         print(f"| {datetime.date.today()} | {platform.node()}, {os.cpu_count()} cores | `{' '.join(command)}` "
               f"| {wall:.0f} s | {study.best_value:.4f} | {states['COMPLETE']} complete, {states['PRUNED']} pruned, "
               f"{states['FAIL']} failed |")
-    finally:
-        with admin.connect() as c:
-            c.execute(sqlalchemy.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
 if __name__ == "__main__":

@@ -27,20 +27,17 @@ import platform
 import sys
 import tempfile
 import time
-import uuid
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import optuna
-import sqlalchemy
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from pgdb import fresh_database  # noqa: E402
 from sweeps.storage import driver_url  # noqa: E402
 
-ADMIN = os.environ.get("SWEEPS_TEST_PG_ADMIN", "postgresql://postgres@127.0.0.1:5432/postgres")
 SPACE = {"learning_rate": (1e-4, 1e-1), "dropout": (0.0, 0.5), "batch_size": [32, 64, 128]}
 
 
@@ -67,20 +64,6 @@ class SleepWorker:
         decision = BrokerReporter(broker).report(EpochReport(spec.number, 1, value, {"val_accuracy": value}))
         state = TrialState.PRUNED if decision == Decision.PRUNE else TrialState.COMPLETE
         return TrialResult(spec.number, state, value, 1)
-
-
-@contextmanager
-def fresh_database() -> Iterator[str]:
-    name = f"sweeps_bench_{uuid.uuid4().hex[:8]}"
-    admin = sqlalchemy.create_engine(driver_url(ADMIN), isolation_level="AUTOCOMMIT")
-    with admin.connect() as c:
-        c.execute(sqlalchemy.text(f'CREATE DATABASE "{name}"'))
-    try:
-        yield f"{ADMIN.rsplit('/', 1)[0]}/{name}"
-    finally:
-        with admin.connect() as c:
-            c.execute(sqlalchemy.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
 
 
 def ours(url: str, trials: int, parallel: int, sleep: float) -> dict[str, Any]:

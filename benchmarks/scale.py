@@ -34,6 +34,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import overhead  # noqa: E402
+import pgdb  # noqa: E402
 import ray.cloudpickle  # noqa: E402
 
 ray.cloudpickle.register_pickle_by_value(overhead)     # Ray workers need not find benchmarks/ on their path
@@ -62,7 +63,7 @@ def main() -> None:
         if progress.last.startswith("trial ") and " started" not in progress.last:
             finished.append(time.monotonic())
 
-    with overhead.fresh_database() as url:
+    with pgdb.fresh_database() as url:
         started = time.monotonic()
         summary = run_sweep(config, url, worker=overhead.SleepWorker, on_progress=note)
         wall = time.monotonic() - started

@@ -98,6 +98,7 @@ def run_ours(seed: int, target: float, cap: float, *, random: bool = False) -> d
         watcher.join(timeout=5)
         with sqlite3.connect(db) as conn:
             out["trials"] = conn.execute("SELECT count(*) FROM trials WHERE datetime_start IS NOT NULL").fetchone()[0]
+            out["pruned"] = conn.execute("SELECT count(*) FROM trials WHERE state = 'PRUNED'").fetchone()[0]
     return out
 
 
@@ -283,8 +284,8 @@ def main() -> None:
     if args.kt_role:
         _kt_process(args.kt_role, seeds[0], args.target, args.kt_folder)
         return
-    print("| date | machine | system | seed | time to target | trials started |")
-    print("|---|---|---|---|---|---|")
+    print("| date | machine | system | seed | time to target | trials started | of them pruned |")
+    print("|---|---|---|---|---|---|---|")
     medians = {}
     for name in args.systems.split(","):
         times = []
@@ -294,7 +295,7 @@ def main() -> None:
             times.append(reached if reached is not None else math.inf)
             shown = f"{reached:.0f} s" if reached is not None else f"> {args.cap:.0f} s"
             print(f"| {datetime.date.today()} | {platform.node()}, {os.cpu_count()} cores | {name} | {seed} "
-                  f"| {shown} | {out.get('trials', '?')} |", flush=True)
+                  f"| {shown} | {out.get('trials', '?')} | {out.get('pruned', '?')} |", flush=True)
         medians[name] = statistics.median(times)
     print()
     for name, median in medians.items():

@@ -16,6 +16,10 @@ Each side's time is its ``fit`` wall time over all epochs except the first
 (the first pays for tracing in both), read from per-epoch timestamps: the
 bare script's own, and, for the sweep, the trial's ``epoch_seconds`` user
 attribute. Prints a Markdown table row with the medians and their ratio.
+
+With ``--cpu`` it also samples every process of each sweep (the CLI with the
+coordinator, Ray's daemons, the trainer's worker) and prints the CPU seconds
+each used per run: on 2 cores whatever is not the trainer competes with it.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ import time
 from pathlib import Path
 
 import optuna
+import psutil
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -71,13 +76,49 @@ def bare(epochs: int) -> list[float]:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def sweep(epochs: int) -> list[float]:
+def _label(proc: psutil.Process) -> str:
+    """A readable name for a process in the sweep's tree: Ray's own daemons, its workers by title, the CLI."""
+    name = proc.name()
+    if name.startswith("ray::TrainerWorker"):
+        return "Ray worker: the trainer"
+    if name.startswith("ray::ReportBroker"):
+        return "Ray worker: the report broker"
+    if name.startswith("ray::"):
+        return name                   # Ray's agents (DashboardAgent, RuntimeEnvAgent), idle workers
+    cmd = proc.cmdline()
+    if "sweeps.cli" in cmd:
+        return "sweeps CLI (coordinator)"
+    script = next((Path(a).name for a in cmd[1:] if a.endswith(".py")), None)
+    return script or name
+
+
+def sweep(epochs: int, cpu: dict[str, float] | None = None) -> list[float]:
+    """One one-trial sweep; with ``cpu``, add each process's CPU seconds (user + system) to it by label."""
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "space.yaml"
         path.write_text(yaml.safe_dump({**SPACE, "epochs": epochs}))
         url = f"sqlite:///{tmp}/sweeps.db"
-        subprocess.run([sys.executable, "-m", "sweeps.cli", "run", str(path), "--storage", url, "--quiet"],
-                       cwd=ROOT, check=True, capture_output=True)
+        proc = subprocess.Popen([sys.executable, "-m", "sweeps.cli", "run", str(path), "--storage", url, "--quiet"],
+                                cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        seen: dict[int, tuple[str, float]] = {}
+        while proc.poll() is None:
+            if cpu is not None:
+                try:
+                    tree = [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]
+                except psutil.NoSuchProcess:
+                    tree = []
+                for p in tree:
+                    try:
+                        with p.oneshot():
+                            t = p.cpu_times()
+                            seen[p.pid] = (_label(p), t.user + t.system)
+                    except psutil.Error:
+                        pass              # ended between the listing and the read: its last sample stands
+            time.sleep(0.25)
+        if proc.returncode != 0:
+            raise SystemExit(f"the sweep exited {proc.returncode}")
+        for label, seconds in seen.values():
+            cpu[label] = cpu.get(label, 0.0) + seconds
         trial = optuna.load_study(study_name="epoch-cost", storage=url).trials[0]
         return list(trial.user_attrs["epoch_seconds"])
 
@@ -86,12 +127,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=6)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--cpu", action="store_true",
+                        help="also sum the CPU seconds of every process of the sweeps (the sampling costs some CPU "
+                             "itself, so time the ratio without it)")
     args = parser.parse_args()
     runs: dict[str, list[float]] = {"bare": [], "sweep": []}
+    cpu: dict[str, float] | None = {} if args.cpu else None
     for i in range(args.repeats):
-        for side, fn in (("bare", bare), ("sweep", sweep)) if i % 2 == 0 else (("sweep", sweep), ("bare", bare)):
+        for side in ("bare", "sweep") if i % 2 == 0 else ("sweep", "bare"):
             started = time.monotonic()
-            epochs = fn(args.epochs)
+            epochs = bare(args.epochs) if side == "bare" else sweep(args.epochs, cpu)
             runs[side].append(sum(epochs[1:]) / (len(epochs) - 1))
             print(f"{side}: {runs[side][-1]:.3f} s/epoch after the first ({time.monotonic() - started:.0f} s run)",
                   file=sys.stderr, flush=True)
@@ -99,6 +144,11 @@ def main() -> None:
     print(f"| {datetime.date.today()} | {platform.node()}, {os.cpu_count()} cores, CPU | "
           f"`benchmarks/epoch_cost.py --epochs {args.epochs} --repeats {args.repeats}` | {b:.3f} s | {s:.3f} s | "
           f"{s / b:.3f} | {', '.join(f'{x:.3f}' for x in runs['bare'])} / {', '.join(f'{x:.3f}' for x in runs['sweep'])} |")
+    if cpu is not None:
+        total = sum(cpu.values())
+        print(f"CPU seconds per sweep run ({args.repeats} runs of {args.epochs} epochs), by process:")
+        for label, seconds in sorted(cpu.items(), key=lambda kv: -kv[1]):
+            print(f"- {label}: {seconds / args.repeats:.1f} s ({seconds / total:.0%})")
 
 
 if __name__ == "__main__":

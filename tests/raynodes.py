@@ -35,8 +35,15 @@ def node(*args: str, gpus: int = 0, cpus: int = 1, env: dict[str, str] | None = 
                             stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL, start_new_session=True)
 
 
+CURRENT_CLUSTER = Path("/tmp/ray/ray_current_cluster")   # where `ray start --head` leaves its address
+
+
 def stop(proc: subprocess.Popen[bytes]) -> None:
-    """`ray start --block` stops its node's processes when it is terminated."""
+    """`ray start --block` stops its node's processes when it is terminated.
+
+    A head's address file is left behind, though, and a later plain `ray.init()` on this machine would try
+    to join the stopped head: remove it when it still names this head's port.
+    """
     if proc.poll() is None:
         proc.terminate()
         try:
@@ -44,6 +51,12 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, 9)
             proc.wait(timeout=30)
+    port = next((a.split("=", 1)[1] for a in proc.args if isinstance(a, str) and a.startswith("--port=")), None)
+    try:
+        if port and CURRENT_CLUSTER.read_text().strip().endswith(f":{port}"):
+            CURRENT_CLUSTER.unlink()
+    except OSError:
+        pass                      # no file, or another head's: nothing of ours to remove
 
 
 def nodes_up(address: str) -> int:

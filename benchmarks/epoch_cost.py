@@ -32,13 +32,12 @@ import platform
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
-import optuna
 import psutil
-import yaml
+
+import clisweep
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -94,33 +93,25 @@ def _label(proc: psutil.Process) -> str:
 
 def sweep(epochs: int, cpu: dict[str, float] | None = None) -> list[float]:
     """One one-trial sweep; with ``cpu``, add each process's CPU seconds (user + system) to it by label."""
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "space.yaml"
-        path.write_text(yaml.safe_dump({**SPACE, "epochs": epochs}))
-        url = f"sqlite:///{tmp}/sweeps.db"
-        proc = subprocess.Popen([sys.executable, "-m", "sweeps.cli", "run", str(path), "--storage", url, "--quiet"],
-                                cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        seen: dict[int, tuple[str, float]] = {}
-        while proc.poll() is None:
-            if cpu is not None:
-                try:
-                    tree = [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]
-                except psutil.NoSuchProcess:
-                    tree = []
-                for p in tree:
-                    try:
-                        with p.oneshot():
-                            t = p.cpu_times()
-                            seen[p.pid] = (_label(p), t.user + t.system)
-                    except psutil.Error:
-                        pass              # ended between the listing and the read: its last sample stands
-            time.sleep(0.25)
-        if proc.returncode != 0:
-            raise SystemExit(f"the sweep exited {proc.returncode}")
-        for label, seconds in seen.values():
-            cpu[label] = cpu.get(label, 0.0) + seconds
-        trial = optuna.load_study(study_name="epoch-cost", storage=url).trials[0]
-        return list(trial.user_attrs["epoch_seconds"])
+    seen: dict[int, tuple[str, float]] = {}
+
+    def sample(proc: subprocess.Popen[bytes]) -> None:
+        try:
+            tree = [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]
+        except psutil.NoSuchProcess:
+            return
+        for p in tree:
+            try:
+                with p.oneshot():
+                    t = p.cpu_times()
+                    seen[p.pid] = (_label(p), t.user + t.system)
+            except psutil.Error:
+                pass              # ended between the listing and the read: its last sample stands
+
+    _, [trial] = clisweep.run({**SPACE, "epochs": epochs}, watch=sample if cpu is not None else None)
+    for label, seconds in seen.values():
+        cpu[label] = cpu.get(label, 0.0) + seconds
+    return list(trial.user_attrs["epoch_seconds"])
 
 
 def main() -> None:
@@ -142,7 +133,7 @@ def main() -> None:
                   file=sys.stderr, flush=True)
     b, s = statistics.median(runs["bare"]), statistics.median(runs["sweep"])
     print(f"| {datetime.date.today()} | {platform.node()}, {os.cpu_count()} cores, CPU | "
-          f"`benchmarks/epoch_cost.py --epochs {args.epochs} --repeats {args.repeats}` | {b:.3f} s | {s:.3f} s | "
+          f"`benchmarks/epoch_cost.py --epochs {args.epochs} --repeats {args.repeats}{' --cpu' if args.cpu else ''}` | {b:.3f} s | {s:.3f} s | "
           f"{s / b:.3f} | {', '.join(f'{x:.3f}' for x in runs['bare'])} / {', '.join(f'{x:.3f}' for x in runs['sweep'])} |")
     if cpu is not None:
         total = sum(cpu.values())

@@ -28,17 +28,10 @@ import os
 import platform
 import statistics
 import subprocess
-import sys
-import tempfile
 import threading
-import time
-from pathlib import Path
 from typing import Any
 
-import optuna
-import yaml
-
-ROOT = Path(__file__).resolve().parents[1]
+import clisweep
 
 DATASET = {"name": "mnist", "val_fraction": 0.2}
 # Dense peak TFLOP/s of a whole GPU (NVIDIA's data sheets, SXM parts): (16-bit tensor core, float32).
@@ -66,8 +59,11 @@ class GpuSampler:
 
     def _run(self) -> None:
         while not self._stop.wait(1.0):
-            out = subprocess.run(["nvidia-smi", "--query-gpu=utilization.gpu,memory.used",
-                                  "--format=csv,noheader,nounits"], capture_output=True, text=True)
+            try:
+                out = subprocess.run(["nvidia-smi", "--query-gpu=utilization.gpu,memory.used",
+                                      "--format=csv,noheader,nounits"], capture_output=True, text=True)
+            except OSError:
+                return            # no nvidia-smi: no GPU to sample
             if out.returncode == 0 and out.stdout.strip():
                 util, memory = out.stdout.strip().splitlines()[0].split(",")
                 self.util.append(float(util))
@@ -80,21 +76,6 @@ class GpuSampler:
     def __exit__(self, *exc: Any) -> None:
         self._stop.set()
         self._thread.join()
-
-
-def sweep(space: dict[str, Any], study: str) -> tuple[float, list[optuna.trial.FrozenTrial]]:
-    """One `sweeps run` of ``space``; its wall time and its trials."""
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "space.yaml"
-        path.write_text(yaml.safe_dump({**space, "study": study}))
-        url = f"sqlite:///{tmp}/sweeps.db"
-        started = time.monotonic()
-        done = subprocess.run([sys.executable, "-m", "sweeps.cli", "run", str(path), "--storage", url, "--quiet"],
-                              cwd=tmp, capture_output=True, text=True, env={**os.environ, "XDG_DATA_HOME": tmp})
-        wall = time.monotonic() - started
-        if done.returncode != 0:
-            raise SystemExit(f"sweeps run exited {done.returncode}: {done.stderr.strip().splitlines()[-1:]}")
-        return wall, optuna.load_study(study_name=study, storage=url).get_trials()
 
 
 def base_space(backend: str, architecture: str, epochs: int, gpus: float) -> dict[str, Any]:
@@ -151,7 +132,7 @@ def epochs_part(args: argparse.Namespace, device: str, gpus: float) -> None:
         for mixed, xla in settings:
             space = {**base_space(args.backend, architecture, args.epochs, gpus), "mixed_precision": mixed,
                      "jit_compile": xla}
-            _, [trial] = sweep(space, f"gpu-epochs-{architecture}")
+            _, [trial] = clisweep.run({**space, "study": f"gpu-epochs-{architecture}"})
             seconds = statistics.mean(trial.user_attrs["epoch_seconds"][1:])
             rate = flops * images / seconds / 1e12
             peak = args.peak_tflops or (peaks[0 if mixed else 1] if peaks else None)
@@ -169,12 +150,8 @@ def packing_part(args: argparse.Namespace, device: str, has_gpu: bool) -> None:
         space = {**base_space(args.backend, args.architecture, args.epochs, 1 / n if has_gpu else 0),
                  "parallel": n, "budget": {"n_trials": 2 * n}, "mixed_precision": True}
         space["parameters"] = {**space["parameters"], "learning_rate": {"low": 1e-4, "high": 1e-2, "log": True}}
-        sampler = GpuSampler()
-        if has_gpu:
-            with sampler:
-                wall, trials = sweep(space, f"gpu-pack-{n}")
-        else:
-            wall, trials = sweep(space, f"gpu-pack-{n}")
+        with GpuSampler() as sampler:
+            wall, trials = clisweep.run({**space, "study": f"gpu-pack-{n}"})
         finished = sum(t.state.is_finished() for t in trials)
         util = f"{statistics.mean(sampler.util):.0f} %" if sampler.util else ""
         memory = f"{max(sampler.memory_mib):.0f} MiB" if sampler.memory_mib else ""

@@ -36,9 +36,9 @@ from sweeps.storage import driver_url
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))          # run as a script from benchmarks/: make tests.processes importable
-from tests.processes import kill_tree, trainer_processes  # noqa: E402
-
 from pgdb import fresh_database  # noqa: E402
+
+from tests.processes import kill_tree, trainer_processes  # noqa: E402
 
 TS = optuna.trial.TrialState
 
@@ -64,7 +64,7 @@ SPACE = {
 
 def start(args: list[str], cwd: Path) -> subprocess.Popen[bytes]:
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "TF_CPP_MIN_LOG_LEVEL": "2"}
-    log = open(cwd / "sweeps.log", "ab")
+    log = open(cwd / "sweeps.log", "ab")  # noqa: SIM115  (the child process keeps it)
     return subprocess.Popen([sys.executable, "-m", "sweeps.cli", *args], cwd=cwd, env=env, stdin=subprocess.DEVNULL,
                             stdout=log, stderr=subprocess.STDOUT)
 

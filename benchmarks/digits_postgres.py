@@ -19,8 +19,8 @@ import time
 from pathlib import Path
 
 import optuna
-
 from pgdb import fresh_database
+
 from sweeps.storage import driver_url
 
 ROOT = Path(__file__).resolve().parents[1]

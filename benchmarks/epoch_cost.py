@@ -35,9 +35,8 @@ import sys
 import time
 from pathlib import Path
 
-import psutil
-
 import clisweep
+import psutil
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -46,7 +45,7 @@ import json, os, sys, time
 os.environ["TF_CPP_MIN_LOG_LEVEL"] = "2"
 import keras
 from workers import data, models
-from workers.spec import PARAMETER_DEFAULTS
+from workers.hyperparameters import DEFAULTS as PARAMETER_DEFAULTS
 from workers.trainer import configure_threads
 configure_threads(2)
 epochs = int(sys.argv[1])
@@ -133,7 +132,8 @@ def main() -> None:
                   file=sys.stderr, flush=True)
     b, s = statistics.median(runs["bare"]), statistics.median(runs["sweep"])
     print(f"| {datetime.date.today()} | {platform.node()}, {os.cpu_count()} cores, CPU | "
-          f"`benchmarks/epoch_cost.py --epochs {args.epochs} --repeats {args.repeats}{' --cpu' if args.cpu else ''}` | {b:.3f} s | {s:.3f} s | "
+          f"`benchmarks/epoch_cost.py --epochs {args.epochs} --repeats {args.repeats}{' --cpu' if args.cpu else ''}` "
+          f"| {b:.3f} s | {s:.3f} s | "
           f"{s / b:.3f} | {', '.join(f'{x:.3f}' for x in runs['bare'])} / {', '.join(f'{x:.3f}' for x in runs['sweep'])} |")
     if cpu is not None:
         total = sum(cpu.values())

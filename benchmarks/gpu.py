@@ -92,7 +92,7 @@ def training_flops_per_image(architecture: str) -> float:
     import keras
 
     from workers import models
-    from workers.spec import PARAMETER_DEFAULTS
+    from workers.hyperparameters import DEFAULTS as PARAMETER_DEFAULTS
 
     model = models.build({**PARAMETER_DEFAULTS, "architecture": architecture}, (28, 28, 1), 10)
 

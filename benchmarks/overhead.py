@@ -36,6 +36,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from pgdb import fresh_database  # noqa: E402
+
 from sweeps.storage import driver_url  # noqa: E402
 
 SPACE = {"learning_rate": (1e-4, 1e-1), "dropout": (0.0, 0.5), "batch_size": [32, 64, 128]}
@@ -69,6 +70,7 @@ class SleepWorker:
 def ours(url: str, trials: int, parallel: int, sleep: float) -> dict[str, Any]:
     from sweeps.config import from_dict
     from sweeps.coordinator import run_sweep
+    from sweeps.raydispatch import RayDispatcher
 
     (lr_low, lr_high), (d_low, d_high), sizes = SPACE.values()
     config = from_dict({
@@ -86,7 +88,7 @@ def ours(url: str, trials: int, parallel: int, sleep: float) -> dict[str, Any]:
             first.append(time.monotonic())
 
     started = time.monotonic()
-    summary = run_sweep(config, url, worker=SleepWorker, on_progress=note)
+    summary = run_sweep(config, url, dispatcher=RayDispatcher(config, worker=SleepWorker), on_progress=note)
     end = time.monotonic()
     return {"wall": end - started, "steady": end - first[0], "finished": summary["complete"] + summary["pruned"]}
 

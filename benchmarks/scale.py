@@ -48,6 +48,7 @@ def main() -> None:
 
     from sweeps.config import from_dict
     from sweeps.coordinator import run_sweep
+    from sweeps.raydispatch import RayDispatcher
 
     config = from_dict({
         "study": "scale", "dataset": {"name": "digits"}, "epochs": 1, "seed": 0,
@@ -65,7 +66,8 @@ def main() -> None:
 
     with pgdb.fresh_database() as url:
         started = time.monotonic()
-        summary = run_sweep(config, url, worker=overhead.SleepWorker, on_progress=note)
+        summary = run_sweep(config, url, dispatcher=RayDispatcher(config, worker=overhead.SleepWorker),
+                            on_progress=note)
         wall = time.monotonic() - started
 
     def cost(at: int) -> float:

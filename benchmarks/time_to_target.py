@@ -125,17 +125,17 @@ def run_tune(seed: int, target: float, cap: float) -> dict[str, Any]:
     from ray.tune.schedulers import ASHAScheduler
     from ray.tune.search.optuna import OptunaSearch
 
-    from sweeps import space
     from workers import data as datasets
 
     params = _space()
+    sweep = _config(seed, "tpe", {"name": "none"}, "tune")     # the trial specs' settings, as ours builds them
     arrays = datasets.load({"name": "mnist", "val_fraction": 0.2}, seed=seed)
     state: dict[str, Any] = {"reached": None, "trials": 0}
     started = time.monotonic()
 
     def trainable(config: dict[str, Any], data: Any = None) -> None:
         from workers import trainer
-        from workers.spec import Decision, TrialSpec
+        from workers.spec import Decision
 
         trainer.configure_threads(1)
 
@@ -145,8 +145,7 @@ def run_tune(seed: int, target: float, cap: float) -> dict[str, Any]:
                 return Decision.CONTINUE
 
         trial_seed = seed * 1000 + zlib.crc32(repr(sorted(config.items())).encode()) % 1000
-        spec = TrialSpec(number=0, params=space.trial_params(config), epochs=EPOCHS, seed=trial_seed, threads=1,
-                         save_checkpoints=False)
+        spec = sweep.trial_spec(0, config, trial_seed, save_checkpoints=False)
         trainer.train_trial(spec, data, Report())
 
     class Clock(tune.Callback):
@@ -189,9 +188,9 @@ def _kt_process(role: str, seed: int, target: float, folder: str) -> None:
     import keras
     import keras_tuner as kt
 
-    from sweeps import space
     from workers import augment, models, trainer
     from workers import data as datasets
+    from workers.hyperparameters import DEFAULTS
 
     trainer.configure_threads(1)
     params = _space()
@@ -208,7 +207,7 @@ def _kt_process(role: str, seed: int, target: float, folder: str) -> None:
                     chosen[p.name] = hp.Choice(p.name, list(p.values))
                 else:
                     chosen[p.name] = hp.Float(p.name, p.low, p.high, sampling="log" if p.log else "linear")
-            values = space.trial_params(chosen)
+            values = {**DEFAULTS, **chosen}
             model = models.build(values, arrays.input_shape, arrays.n_classes,
                                  augment.layers(values["augment"], False, seed=seed,
                                                 erasing=values["random_erasing"]))

@@ -53,7 +53,8 @@ def sampler(config: SweepConfig, salt: int = 0) -> optuna.samplers.BaseSampler:
             try:
                 import torch  # noqa: F401
             except ImportError:
-                raise SweepsError("sampler gp needs PyTorch; install it with `pip install 'sweeps[gp]'` or choose sampler tpe") from None
+                raise SweepsError("sampler gp needs PyTorch; install it with `pip install 'sweeps[gp]'` "
+                                  "or choose sampler tpe") from None
             return optuna.samplers.GPSampler(**opts)
         if name == "grid":
             return _AskTellGridSampler(space.grid(config.parameters), seed=opts.get("seed"))

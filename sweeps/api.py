@@ -13,12 +13,11 @@ from typing import Any
 
 import optuna
 
-from sweeps import coordinator
+from sweeps import study as schema
 from sweeps.config import SweepConfig, from_dict, load
+from sweeps.dispatch import Dispatcher
+from sweeps.progress import ProgressCallback
 from sweeps.storage import resolve_url
-
-METRIC_KEYS = ("accuracy", "macro_precision", "macro_recall", "macro_f1", "per_class_recall", "confusion_matrix",
-               "param_count", "train_seconds", "seconds_per_epoch")
 
 
 @dataclass
@@ -36,10 +35,7 @@ class Sweep:
 
     @property
     def best_trial(self) -> optuna.trial.FrozenTrial | None:
-        try:
-            return self.study.best_trial
-        except ValueError:   # no complete trial yet
-            return None
+        return schema.best_trial(self.study)
 
     @property
     def best_value(self) -> float | None:
@@ -50,12 +46,12 @@ class Sweep:
     def best_params(self) -> dict[str, Any]:
         """Searched and fixed parameters of the best trial: everything needed to train it again."""
         best = self.best_trial
-        return {} if best is None else {**best.params, **best.user_attrs.get("fixed_params", {})}
+        return {} if best is None else schema.full_params(best)
 
     @property
     def best_metrics(self) -> dict[str, Any]:
         best = self.best_trial
-        return {} if best is None else {k: best.user_attrs[k] for k in METRIC_KEYS if k in best.user_attrs}
+        return {} if best is None else schema.metrics(best)
 
     def trials(self) -> list[optuna.trial.FrozenTrial]:
         return self.study.get_trials()
@@ -76,18 +72,27 @@ def _config(config: SweepConfig | dict[str, Any] | str | os.PathLike[str]) -> Sw
 def run_sweep(config: SweepConfig | dict[str, Any] | str | os.PathLike[str], storage: str | None = None, *,
               study: str | None = None, n_trials: int | None = None, timeout: float | None = None,
               parallel: int | None = None, ray_address: str | None = None,
-              on_progress: coordinator.ProgressCallback | None = None) -> Sweep:
-    """Create a study from a config (a YAML path, a dict shaped like the YAML, or a SweepConfig) and run it."""
+              on_progress: ProgressCallback | None = None, dispatcher: Dispatcher | None = None) -> Sweep:
+    """Create a study from a config (a YAML path, a dict shaped like the YAML, or a SweepConfig) and run it.
+
+    Trials run on Ray (a private local one, or the cluster at ``ray_address``) unless a ``dispatcher`` is given.
+    """
+    from sweeps import coordinator
+
     cfg = _config(config).replace(study=study, n_trials=n_trials, timeout=timeout, parallel=parallel)
-    summary = coordinator.run_sweep(cfg, storage, ray_address=ray_address, on_progress=on_progress)
+    summary = coordinator.run_sweep(cfg, storage, ray_address=ray_address, on_progress=on_progress,
+                                    dispatcher=dispatcher)
     return _loaded(cfg.study, storage, summary)
 
 
 def resume_sweep(name: str, storage: str | None = None, *, n_trials: int | None = None,
-                 ray_address: str | None = None, on_progress: coordinator.ProgressCallback | None = None) -> Sweep:
+                 ray_address: str | None = None, on_progress: ProgressCallback | None = None,
+                 dispatcher: Dispatcher | None = None) -> Sweep:
     """Continue a stored sweep until its budget is met (any machine that reaches the database)."""
+    from sweeps import coordinator
+
     summary = coordinator.resume_sweep(name, storage, n_trials=n_trials, ray_address=ray_address,
-                                       on_progress=on_progress)
+                                       on_progress=on_progress, dispatcher=dispatcher)
     return _loaded(name, storage, summary)
 
 
@@ -97,5 +102,5 @@ def load_sweep(name: str, storage: str | None = None) -> Sweep:
 
 
 def _loaded(name: str, storage: str | None, summary: dict[str, Any] | None) -> Sweep:
-    study = coordinator.load_study(name, storage)
-    return Sweep(study, coordinator.load_config(study), resolve_url(storage), summary)
+    study = schema.load(name, storage)
+    return Sweep(study, schema.load_config(study), resolve_url(storage), summary)

@@ -79,3 +79,31 @@ class CheckpointStore:
                 self.store.remove(self._id(config_id, slot))
             except Exception:  # already gone
                 pass
+
+
+class Retention:
+    """Keep the checkpoints of the ``keep_best`` best complete configurations only, so disk use stays bounded."""
+
+    def __init__(self, store: CheckpointStore, keep_best: int, maximize: bool) -> None:
+        self.store = store
+        self.keep_best = keep_best
+        self.maximize = maximize
+        self.kept: dict[int, float] = {}      # complete configurations whose checkpoints are kept: value
+        self.removed: set[int] = set()        # configurations whose checkpoints are gone
+
+    def discard(self, config_id: int) -> None:
+        """A configuration that ended without completing: nothing will ever resume or export it."""
+        self.store.remove(config_id)
+        self.removed.add(config_id)
+
+    def rank(self, completed: dict[int, float]) -> None:
+        """Complete configurations (config id: value) seen since the last call; the worst beyond keep_best go.
+
+        A configuration that completes later can only push others further
+        down, so none is removed too early.
+        """
+        self.kept.update((cid, value) for cid, value in completed.items() if cid not in self.removed)
+        ranked = sorted(self.kept, key=self.kept.__getitem__, reverse=self.maximize)
+        for cid in ranked[self.keep_best:]:
+            self.discard(cid)
+            del self.kept[cid]

@@ -9,7 +9,8 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 MAIN_EXAMPLE = """\
 examples:
@@ -134,6 +135,7 @@ def _run(args: argparse.Namespace) -> int:
     with LiveProgress(quiet=args.quiet or args.json) as progress:
         sweep = run_sweep(config, args.storage, study=args.study, n_trials=args.n_trials, timeout=args.timeout,
                           parallel=args.parallel, ray_address=args.ray_address, on_progress=progress)
+    assert sweep.summary is not None          # this call ran the sweep
     return _print_summary(sweep.summary, args.json)
 
 
@@ -144,6 +146,7 @@ def _resume(args: argparse.Namespace) -> int:
     with LiveProgress(quiet=args.quiet or args.json) as progress:
         sweep = resume_sweep(args.study, args.storage, n_trials=args.n_trials,
                              ray_address=args.ray_address, on_progress=progress)
+    assert sweep.summary is not None          # this call ran the sweep
     return _print_summary(sweep.summary, args.json)
 
 

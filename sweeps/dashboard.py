@@ -6,23 +6,13 @@ attributes) and the artifacts in the sweep's checkpoint store.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
+from sweeps import study as schema
+from sweeps.artifacts import artifact_store
 from sweeps.errors import SweepsError
 from sweeps.storage import mask, open_storage, resolve_url
-
-
-def artifact_store(location: str | None) -> Any:
-    """The Optuna artifact store at a checkpoints.store location (a folder or s3://bucket)."""
-    if not location:
-        return None
-    if location.startswith("s3://"):
-        from optuna.artifacts import Boto3ArtifactStore
-
-        return Boto3ArtifactStore(location[len("s3://"):].split("/", 1)[0])
-    from optuna.artifacts import FileSystemArtifactStore
-
-    return FileSystemArtifactStore(location)
 
 
 def serve(study: str | None, storage_url: str | None, *, host: str = "127.0.0.1", port: int = 8080,
@@ -32,14 +22,12 @@ def serve(study: str | None, storage_url: str | None, *, host: str = "127.0.0.1"
 
     import optuna_dashboard
 
-    from sweeps.coordinator import CONFIG_ATTR, load_study
-
     storage = open_storage(storage_url)
     path, location = "/dashboard", None
     if study:
-        loaded = load_study(study, storage_url)
+        loaded = schema.load(study, storage_url)
         path = f"/dashboard/studies/{loaded._study_id}"
-        location = loaded.user_attrs.get(CONFIG_ATTR, {}).get("checkpoints", {}).get("store")
+        location = loaded.user_attrs.get(schema.CONFIG_ATTR, {}).get("checkpoints", {}).get("store")
     app = optuna_dashboard.wsgi(storage, artifact_store=artifact_store(location))
 
     class QuietHandler(WSGIRequestHandler):

@@ -16,8 +16,9 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -54,7 +55,7 @@ def export_best(study_name: str, storage_url: str | None, *, fmt: str, out: str,
         raise SweepsError(f"unknown quantisation {quantize!r}; choose one of {', '.join(QUANTIZE)}")
     if quantize != "none" and fmt != "tflite":
         raise SweepsError("--quantize applies to --format tflite only")
-    from sweeps.trained import load_trained   # also quiets TensorFlow before it is imported
+    from sweeps.trained import load_trained  # also quiets TensorFlow before it is imported
 
     t = load_trained(study_name, storage_url, say=say)
     study, config, best, data, model, source = t.study, t.config, t.trial, t.data, t.model, t.source

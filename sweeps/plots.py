@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 
 def confusion_matrix_png(matrix: Sequence[Sequence[int]], class_names: Sequence[str], path: str,

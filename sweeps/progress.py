@@ -3,9 +3,44 @@
 from __future__ import annotations
 
 import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
-from sweeps.coordinator import Progress
+
+@dataclass
+class Progress:
+    """A snapshot for the live display, kept by the coordinator; counts are over the whole study."""
+
+    study: str
+    n_trials: int
+    complete: int = 0
+    pruned: int = 0
+    failed: int = 0
+    running: int = 0
+    waiting: int = 0                 # retries queued
+    retried: int = 0                 # failed attempts replaced by a retry
+    best_value: float | None = None
+    best_number: int | None = None
+    started: float = field(default_factory=time.monotonic)
+    timeout: float | None = None
+    gpu_hours: float | None = None           # GPU time spent by the study so far (when budgeted)
+    gpu_budget: float | None = None
+    stopping: bool = False
+    stop_reason: str = ""            # a budget that ended the launching (timeout, GPU hours)
+    last: str = ""                   # one line about the latest event
+
+    @property
+    def finished(self) -> int:
+        return self.complete + self.pruned + self.failed
+
+    @property
+    def elapsed(self) -> float:
+        return time.monotonic() - self.started
+
+
+ProgressCallback = Callable[[Progress], None]
 
 
 def _best(p: Progress) -> str:
@@ -24,7 +59,8 @@ def line(p: Progress) -> str:
     if p.gpu_budget is not None:
         budget += f", GPU {p.gpu_hours or 0:.3f} of {p.gpu_budget:g} h"
     return (f"[{p.finished}/{p.n_trials}] complete {p.complete} | pruned {p.pruned} | failed {p.failed} | "
-            f"running {p.running}{f' | retried {p.retried}' if p.retried else ''} | best {_best(p)} | {_clock(p.elapsed)} elapsed | {budget}")
+            f"running {p.running}{f' | retried {p.retried}' if p.retried else ''} | best {_best(p)} | "
+            f"{_clock(p.elapsed)} elapsed | {budget}")
 
 
 class LiveProgress:
@@ -40,7 +76,8 @@ class LiveProgress:
     def __enter__(self) -> LiveProgress:
         if self.tty and not self.quiet:
             from rich.console import Console
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress as Bar, TextColumn, TimeElapsedColumn
+            from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
+            from rich.progress import Progress as Bar
 
             self._progress = Bar(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                                  TimeElapsedColumn(), TextColumn("{task.fields[detail]}"),

@@ -10,18 +10,15 @@ retry does not count, the retry does.
 from __future__ import annotations
 
 import datetime
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-RETRY_OF = "retry_of"
-CONFIG_ID = "config_id"
-ATTEMPT = "attempt"
-FAULTS = "faults"           # worker faults so far for this configuration (coordinator loss is not one)
-REASON = "reason"
-START_EPOCH = "start_epoch"
+from sweeps.study import ATTEMPT, CONFIG_ID, FAILURE, FAULTS, REASON, RETRY_OF, config_id
+from workers.spec import Failure, better
 
 
 @dataclass
@@ -38,31 +35,6 @@ class Tally:
     @property
     def finished(self) -> int:
         return self.complete + self.pruned + self.failed
-
-
-def tally(trials: Iterable[FrozenTrial]) -> Tally:
-    trials = list(trials)
-    replaced = {t.user_attrs[RETRY_OF] for t in trials if RETRY_OF in t.user_attrs}
-    out = Tally()
-    for t in trials:
-        if t.state == TrialState.COMPLETE:
-            out.complete += 1
-        elif t.state == TrialState.PRUNED:
-            out.pruned += 1
-        elif t.state == TrialState.FAIL:
-            if t.number in replaced:
-                out.retried += 1
-            else:
-                out.failed += 1
-        elif t.state == TrialState.RUNNING:
-            out.running += 1
-        elif t.state == TrialState.WAITING:
-            out.waiting += 1
-    return out
-
-
-def config_id(number: int, user_attrs: dict[str, Any]) -> int:
-    return int(user_attrs.get(CONFIG_ID, number))
 
 
 def retry_attrs(number: int, user_attrs: dict[str, Any], *, fault: bool, max_retries: int) -> dict[str, Any] | None:
@@ -99,6 +71,7 @@ def fail_stale(study: optuna.Study, storage: Any, stale_ids: list[int], *, grace
             continue
         try:
             storage.set_trial_user_attr(trial_id, REASON, f"coordinator lost (no heartbeat for {grace_period:g}s)")
+            storage.set_trial_user_attr(trial_id, FAILURE, Failure.COORDINATOR_LOST.value)
             if not storage.set_trial_state_values(trial_id, TrialState.FAIL):
                 continue
         except optuna.exceptions.UpdateFinishedTrialError:
@@ -141,7 +114,7 @@ class Counter:
         self.completed: list[FrozenTrial] = []  # settled COMPLETE trials not yet taken by take_completed()
 
     def _better(self, a: FrozenTrial, b: FrozenTrial | None) -> bool:
-        return b is None or (a.value > b.value if self.maximize else a.value < b.value)
+        return a.value is not None and better(a.value, None if b is None else b.value, self.maximize)
 
     def _settle(self, t: FrozenTrial) -> None:
         if t.state == TrialState.COMPLETE:

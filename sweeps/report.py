@@ -12,11 +12,12 @@ import datetime
 import html
 import os
 import warnings
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import optuna
 
-from sweeps.coordinator import DATASET_ATTR, load_config, load_study
+from sweeps import study as schema
 from sweeps.errors import SweepsError
 from sweeps.storage import mask, resolve_url
 
@@ -38,8 +39,8 @@ def write_report(name: str, storage_url: str | None, out: str,
 
     from sweeps.plots import confusion_matrix_png
 
-    study = load_study(name, storage_url)
-    config = load_config(study)
+    study = schema.load(name, storage_url)
+    config = schema.load_config(study)
     complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
     if not complete:
         raise SweepsError(f"study {name!r} has no completed trial yet; a report needs at least one")
@@ -63,7 +64,7 @@ def write_report(name: str, storage_url: str | None, out: str,
     best = study.best_trial
     matrix = best.user_attrs.get("confusion_matrix")
     if matrix:
-        classes = study.user_attrs.get(DATASET_ATTR, {}).get("class_names") or [str(i) for i in range(len(matrix))]
+        classes = study.user_attrs.get(schema.DATASET_ATTR, {}).get("class_names") or [str(i) for i in range(len(matrix))]
         confusion_matrix_png(matrix, classes, os.path.join(out, "confusion_matrix.png"),
                              title=f"best trial {best.number}: validation confusion matrix")
         images["confusion_matrix"] = "confusion_matrix.png"
@@ -79,10 +80,10 @@ def _html(study: optuna.Study, config: Any, storage_url: str | None, images: dic
           skipped: dict[str, str]) -> str:
     e = html.escape
     trials = study.get_trials(deepcopy=False)
-    counts = {s.name: sum(t.state == s for t in trials) for s in optuna.trial.TrialState}
-    maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
+    counts = schema.state_counts(trials)
+    maximize = schema.maximize(study)
     complete = sorted((t for t in trials if t.state == optuna.trial.TrialState.COMPLETE),
-                      key=lambda t: t.value, reverse=maximize)[:10]
+                      key=lambda t: float(t.value or 0.0), reverse=maximize)[:10]
     names = list(dict.fromkeys(k for t in complete for k in t.params))
     rows = "".join(
         "<tr>" + f"<td>{t.number}</td><td>{t.value:.4f}</td><td>{t.user_attrs.get('macro_f1', float('nan')):.4f}</td>"
@@ -100,7 +101,7 @@ td,th{{border:1px solid #ccc;padding:2px 6px;text-align:right}}img{{max-width:10
 budget {config.n_trials} trials; written {datetime.datetime.now().isoformat(timespec="seconds")}.</p>
 <p>Trials: {", ".join(f"{k.lower()} {v}" for k, v in counts.items() if v)}.</p>
 <p>Best: trial {best.number}, {e(config.metric)} {best.value:.4f};
-{e(", ".join(f"{k}={_fmt(v)}" for k, v in {**best.params, **best.user_attrs.get("fixed_params", {})}.items()))}</p>
+{e(", ".join(f"{k}={_fmt(v)}" for k, v in schema.full_params(best).items()))}</p>
 <h2>Best trials</h2>
 <table><tr><th>#</th><th>{e(config.metric)}</th><th>macro F1</th>{"".join(f"<th>{e(k)}</th>" for k in names)}</tr>
 {rows}</table>

@@ -11,8 +11,7 @@ from typing import Any
 
 import optuna
 
-from sweeps.config import Param
-from workers.spec import PARAMETER_DEFAULTS
+from sweeps.parameters import Param
 
 
 def ordered(params: dict[str, Param]) -> list[Param]:
@@ -47,16 +46,13 @@ def suggest(trial: optuna.Trial, params: dict[str, Param]) -> dict[str, Any]:
             chosen[p.name] = p.value
         elif p.values is not None:
             chosen[p.name] = trial.suggest_categorical(p.name, p.values)
-        elif isinstance(PARAMETER_DEFAULTS[p.name], int):
+        elif p.low is None or p.high is None:
+            raise ValueError(f"parameter {p.name} is neither fixed, a choice nor a range")
+        elif p.is_int:
             chosen[p.name] = trial.suggest_int(p.name, int(p.low), int(p.high), step=int(p.step or 1), log=p.log)
         else:
             chosen[p.name] = trial.suggest_float(p.name, float(p.low), float(p.high), step=p.step, log=p.log)
     return chosen
-
-
-def trial_params(chosen: dict[str, Any]) -> dict[str, Any]:
-    """What the worker trains with: defaults, overridden by the active values."""
-    return {**PARAMETER_DEFAULTS, **chosen}
 
 
 def grid(params: dict[str, Param]) -> dict[str, list[Any]]:
@@ -67,7 +63,7 @@ def grid(params: dict[str, Param]) -> dict[str, list[Any]]:
             continue
         if p.values is not None:
             out[p.name] = list(p.values)
-        else:
+        elif p.low is not None and p.high is not None and p.step is not None:   # validated: a stepped range
             n = int(round((p.high - p.low) / p.step)) + 1
             out[p.name] = [type(p.low)(p.low + i * p.step) for i in range(n)]
     return out

@@ -10,8 +10,9 @@ from __future__ import annotations
 import os
 import re
 import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any, Callable, Iterator, TypeVar
+from typing import Any, TypeVar
 
 from sweeps.errors import SweepsError
 
@@ -88,7 +89,8 @@ def open_storage(url: str | None, *, create: bool = False) -> Any:
             f"is right, or leave out --storage to use {DEFAULT_URL}"
         ) from None
     except (sqlalchemy.exc.ArgumentError, sqlalchemy.exc.NoSuchModuleError, ValueError) as e:
-        raise SweepsError(f"storage {shown}: {mask(str(e).splitlines()[0])}; use sqlite:///FILE or postgresql://user:password@host/db") from None
+        raise SweepsError(f"storage {shown}: {mask(str(e).splitlines()[0])}; use sqlite:///FILE or "
+                          "postgresql://user:password@host/db") from None
     except ImportError as e:
         raise SweepsError(f"storage {shown}: its database driver is not installed ({e.__cause__ or e}); "
                           "use postgresql:// (psycopg2) or sqlite:///") from None
@@ -173,10 +175,9 @@ def set_user_attrs(storage: Any, trial_id: int, attrs: dict[str, Any]) -> None:
             return
         trial = models.TrialModel.find_or_raise_by_id(trial_id, session)
         storage.check_trial_is_updatable(trial_id, trial.state)   # UpdateFinishedTrialError, as Optuna raises
-        if dialect == "postgresql":
-            from sqlalchemy.dialects.postgresql import insert
-        else:
-            from sqlalchemy.dialects.sqlite import insert
+        from sqlalchemy.dialects import postgresql, sqlite
+
+        insert: Any = postgresql.insert if dialect == "postgresql" else sqlite.insert
         rows = [{"trial_id": trial_id, "key": key, "value_json": json.dumps(value)} for key, value in attrs.items()]
         upsert = insert(model).values(rows)
         session.execute(upsert.on_conflict_do_update(index_elements=[model.trial_id, model.key],

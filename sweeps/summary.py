@@ -6,38 +6,31 @@ from typing import Any
 
 import optuna
 
-from sweeps.coordinator import CONFIG_ATTR, REASON_ATTR, load_study
+from sweeps import study as schema
 from sweeps.errors import SweepsError
 from sweeps.recovery import gpu_hours
 from sweeps.storage import open_storage
 
 STATES = ("COMPLETE", "PRUNED", "FAIL", "RUNNING", "WAITING")
 
-
-def _best(study: optuna.Study) -> optuna.trial.FrozenTrial | None:
-    try:
-        return study.best_trial
-    except ValueError:
-        return None
-
-
 def _trial_row(t: optuna.trial.FrozenTrial) -> dict[str, Any]:
     seconds = t.duration.total_seconds() if t.duration else None
     return {"number": t.number, "state": t.state.name, "value": t.value, "params": t.params,
-            "epochs": t.user_attrs.get("epochs_run", len(t.intermediate_values)),
+            "epochs": t.user_attrs.get(schema.EPOCHS_RUN, len(t.intermediate_values)),
             "seconds": round(seconds, 1) if seconds is not None else None,
-            "reason": t.user_attrs.get(REASON_ATTR, "")}
+            "reason": t.user_attrs.get(schema.REASON, "")}
 
 
 def status(name: str, storage_url: str | None) -> dict[str, Any]:
-    study = load_study(name, storage_url)
+    study = schema.load(name, storage_url)
     trials = study.get_trials(deepcopy=False)
-    counts = {s: sum(t.state.name == s for t in trials) for s in STATES}
+    every = schema.state_counts(trials)
+    counts = {s: every[s] for s in STATES}
     starts = [t.datetime_start for t in trials if t.datetime_start]
     ends = [t.datetime_complete for t in trials if t.datetime_complete]
     elapsed = (max(ends) - min(starts)).total_seconds() if starts and ends else 0.0
-    config = study.user_attrs.get(CONFIG_ATTR, {})
-    best = _best(study)
+    config = study.user_attrs.get(schema.CONFIG_ATTR, {})
+    best = schema.best_trial(study)
     return {
         "study": name, "direction": study.direction.name.lower(),
         "metric": config.get("metric", {}).get("name", "value"),
@@ -52,14 +45,13 @@ def status(name: str, storage_url: str | None) -> dict[str, Any]:
 
 
 def best(name: str, storage_url: str | None) -> dict[str, Any]:
-    study = load_study(name, storage_url)
-    b = _best(study)
+    study = schema.load(name, storage_url)
+    b = schema.best_trial(study)
     if b is None:
         raise SweepsError(f"study {name!r} has no completed trial yet; `sweeps status {name}` shows its trials")
-    metric_keys = ("accuracy", "macro_precision", "macro_recall", "macro_f1", "param_count", "seconds_per_epoch")
     return {"study": name, "number": b.number, "value": b.value, "params": b.params,
-            "fixed_params": b.user_attrs.get("fixed_params", {}), "seed": b.user_attrs.get("seed"),
-            "metrics": {k: b.user_attrs[k] for k in metric_keys if k in b.user_attrs},
+            "fixed_params": b.user_attrs.get(schema.FIXED_PARAMS, {}), "seed": b.user_attrs.get(schema.SEED),
+            "metrics": schema.metrics(b, schema.SCALAR_METRICS),
             "learning_curve": {int(k): v for k, v in sorted(b.intermediate_values.items())}}
 
 

@@ -8,20 +8,21 @@ never does.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import optuna
 
-from sweeps import recovery
+from sweeps import study as schema
 from sweeps.checkpoints import CheckpointStore
 from sweeps.config import SweepConfig
-from sweeps.coordinator import UID_ATTR, load_config, load_study, trial_seed
 from sweeps.errors import SweepsError
 from workers import checkpoint as ckpt
 from workers import data as datasets
-from workers.spec import PARAMETER_DEFAULTS, Decision, EpochReport, TrialSpec
+from workers.hyperparameters import DEFAULTS
+from workers.spec import Decision, EpochReport
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")    # TensorFlow's start-up chatter is not progress
 Say = Callable[[str], None]
@@ -37,32 +38,29 @@ class Trained:
     source: str                # "checkpoint" or "retrained"
 
 
-def trial_params(trial: optuna.trial.FrozenTrial) -> dict[str, Any]:
-    return {**PARAMETER_DEFAULTS, **trial.params, **trial.user_attrs.get("fixed_params", {})}
-
-
 def load_trained(study_name: str, storage_url: str | None, number: int | None = None, *,
                  say: Say = lambda line: None) -> Trained:
     """The best trial (or trial ``number``) with its model; retrained when no checkpoint was kept."""
-    study = load_study(study_name, storage_url)
-    config = load_config(study)
+    study = schema.load(study_name, storage_url)
+    config = schema.load_config(study)
     trial = pick_trial(study, number)
     data = load_data(config, study_name, say)
     weights, source = _kept_weights(study, config, trial)
     if weights is None:
         say(f"no checkpoint kept for trial {trial.number}: retraining it ({config.epochs} epochs, seed "
-            f"{trial.user_attrs.get('seed')})")
+            f"{trial.user_attrs.get(schema.SEED)})")
         weights, _ = retrain(config, trial, data, config.epochs)
         source = "retrained"
-    return Trained(study, config, trial, data, serving_model(weights, trial_params(trial), config, data), source)
+    model = serving_model(weights, {**DEFAULTS, **schema.full_params(trial)}, config, data)
+    return Trained(study, config, trial, data, model, source)
 
 
 def pick_trial(study: optuna.Study, number: int | None) -> optuna.trial.FrozenTrial:
     if number is None:
-        try:
-            return study.best_trial
-        except ValueError:
-            raise SweepsError(f"study {study.study_name!r} has no completed trial yet") from None
+        best = schema.best_trial(study)
+        if best is None:
+            raise SweepsError(f"study {study.study_name!r} has no completed trial yet")
+        return best
     trials = {t.number: t for t in study.get_trials(deepcopy=False)}
     if number not in trials:
         raise SweepsError(f"study {study.study_name!r} has no trial {number}; `sweeps status` lists them")
@@ -82,18 +80,17 @@ def load_data(config: SweepConfig, study_name: str, say: Say) -> datasets.Arrays
 
 def _kept_weights(study: optuna.Study, config: SweepConfig,
                   trial: optuna.trial.FrozenTrial) -> tuple[list[np.ndarray] | None, str]:
-    uid = study.user_attrs.get(UID_ATTR)
-    if not (config.checkpoint_store and uid):
+    key = schema.checkpoint_key(study)
+    if not (config.checkpoint_store and key):
         return None, ""
     try:
-        raw = CheckpointStore(config.checkpoint_store, f"{study.study_name}-{uid}").load(
-            recovery.config_id(trial.number, trial.user_attrs))
+        raw = CheckpointStore(config.checkpoint_store, key).load(schema.config_id(trial.number, trial.user_attrs))
     except SweepsError:
         return None, ""
     if raw is None:
         return None, ""
     state = ckpt.unpack(raw)
-    if state.epoch < trial.user_attrs.get("epochs_run", state.epoch):
+    if state.epoch < trial.user_attrs.get(schema.EPOCHS_RUN, state.epoch):
         return None, ""        # an older attempt's checkpoint: not this trial's final state
     return (state.best_weights if state.best_weights is not None else state.weights), "checkpoint"
 
@@ -110,15 +107,11 @@ def retrain(config: SweepConfig, trial: optuna.trial.FrozenTrial, data: datasets
             self.last = report.checkpoint
             return Decision.CONTINUE
 
-    threads = max(1, int(config.cpus))
-    configure_threads(threads)
     reporter = KeepLast()
-    seed = trial.user_attrs.get("seed", trial_seed(config.seed, trial.number))
-    result = train_trial(TrialSpec(trial.number, trial_params(trial), epochs, seed, config.metric,
-                                   config.dataset.flip, threads=threads, deterministic=config.deterministic,
-                                   folds=config.dataset.folds or 0, mixed_precision=config.mixed_precision,
-                                   jit_compile=config.jit_compile, steps_per_execution=config.steps_per_execution),
-                         data.training_only(), reporter)
+    seed = trial.user_attrs.get(schema.SEED, schema.trial_seed(config.seed, trial.number))
+    spec = config.trial_spec(trial.number, schema.full_params(trial), seed, epochs=epochs)
+    configure_threads(spec.threads)
+    result = train_trial(spec, data.training_only(), reporter)
     if reporter.last is None or result.value is None:
         raise SweepsError(f"retraining trial {trial.number} measured nothing ({result.reason or 'no epoch ran'})")
     state = ckpt.unpack(reporter.last)
@@ -150,7 +143,7 @@ def evaluate(trained: Trained) -> dict[str, Any]:
     from workers import metrics
 
     data = trained.data
-    if data.x_test is None or not len(data.x_test):
+    if data.x_test is None or data.y_test is None or not len(data.x_test):
         raise SweepsError(f"study {trained.study.study_name!r} has no test split (dataset.test_fraction is 0); "
                           "start a sweep with dataset.test_fraction > 0 to evaluate on held-out images")
     predicted = np.argmax(trained.model.predict(data.x_test, batch_size=256, verbose=0), axis=1)
@@ -161,19 +154,18 @@ def evaluate(trained: Trained) -> dict[str, Any]:
 
 def rerun(study_name: str, storage_url: str | None, number: int, *, say: Say = lambda line: None) -> dict[str, Any]:
     """Train trial ``number`` again (same parameters, seed and epochs, no pruning) and compare its value."""
-    study = load_study(study_name, storage_url)
-    config = load_config(study)
+    study = schema.load(study_name, storage_url)
+    config = schema.load_config(study)
     trial = pick_trial(study, number)
     data = load_data(config, study_name, say)
-    epochs = config.epochs if config.dataset.folds else int(trial.user_attrs.get("epochs_run", config.epochs))
-    say(f"retraining trial {number}: {epochs} epochs, seed {trial.user_attrs.get('seed')}")
+    epochs = config.epochs if config.dataset.folds else int(trial.user_attrs.get(schema.EPOCHS_RUN, config.epochs))
+    say(f"retraining trial {number}: {epochs} epochs, seed {trial.user_attrs.get(schema.SEED)}")
     _, value = retrain(config, trial, data, epochs)
-    maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
     stored = trial.value
     if stored is None:     # a pruned trial: its best reported epoch
         values = list(trial.intermediate_values.values())
-        stored = (max if maximize else min)(values)
+        stored = (max if config.maximize else min)(values)
     difference = value - stored
     return {"study": study_name, "trial": number, "state": trial.state.name, "epochs": epochs,
-            "seed": trial.user_attrs.get("seed"), "stored_value": stored, "rerun_value": value,
+            "seed": trial.user_attrs.get(schema.SEED), "stored_value": stored, "rerun_value": value,
             "difference_points": round(100 * difference, 3), "within_half_point": abs(difference) <= 0.005}

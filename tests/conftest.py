@@ -1,4 +1,5 @@
-"""Shared fixtures: a fresh PostgreSQL database per test session, the CLI as a real process.
+"""Shared fixtures: a fresh PostgreSQL database per test session, the session's Ray head. (What tests share
+that is not a fixture is in ``tests/helpers.py``.)
 
 PostgreSQL is reached through SWEEPS_TEST_PG_ADMIN (an admin URL; default the
 trust-auth server on 127.0.0.1:5432 that .ci/run makes sure of). Each session
@@ -8,34 +9,23 @@ creates its own database and drops it at the end.
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 import time
 import uuid
-from pathlib import Path
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import pytest
-import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
-ARTIFACTS = ROOT / "test-artifacts"          # screenshots and the like, kept for CI (git-ignored)
+from tests.helpers import ADMIN_URL, ARTIFACTS
+
 SESSION_STARTED = time.time()
 
 
-def keep_artifact(name: str) -> Path:
-    """A path under test-artifacts/ that the session summary lists."""
-    ARTIFACTS.mkdir(exist_ok=True)
-    return ARTIFACTS / name
-
-
 def pytest_terminal_summary(terminalreporter: Any) -> None:
-    """Name the artifacts this session wrote (test modules import this file under another name than
-    pytest does, so the list is read from the folder, not from a variable)."""
+    """Name the artifacts this session wrote (read from the folder)."""
     for path in sorted(ARTIFACTS.glob("*")) if ARTIFACTS.exists() else []:
         if path.stat().st_mtime >= SESSION_STARTED:
             terminalreporter.write_line(f"test artifact: {path}")
-ADMIN_URL = os.environ.get("SWEEPS_TEST_PG_ADMIN", "postgresql://postgres@127.0.0.1:5432/postgres")
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -90,56 +80,3 @@ def ray_head(_private_data_home: None) -> Iterator[str]:
         yield address
     finally:
         raynodes.stop(proc)
-
-
-def cli_env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k != "SWEEPS_STORAGE"}
-    env.update(PYTHONUNBUFFERED="1", TF_CPP_MIN_LOG_LEVEL="2", RAY_AUTH_MODE="disabled", **extra)
-    return env
-
-
-def run_cli(*args: str, cwd: Path | str | None = None, timeout: float = 300, **env: str) -> subprocess.CompletedProcess[str]:
-    """`sweeps ARGS` as a separate process, as a user runs it."""
-    return subprocess.run([sys.executable, "-m", "sweeps.cli", *args], cwd=cwd or ROOT, env=cli_env(**env),
-                          capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
-
-
-def start_cli(*args: str, cwd: Path | str | None = None, **env: str) -> subprocess.Popen[str]:
-    return subprocess.Popen([sys.executable, "-m", "sweeps.cli", *args], cwd=cwd or ROOT, env=cli_env(**env),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
-
-
-TINY_SPACE: dict[str, Any] = {
-    "study": "tiny",
-    "dataset": {"name": "digits"},
-    "epochs": 3,
-    "seed": 0,
-    "sampler": {"name": "random"},
-    "pruner": {"name": "median", "n_startup_trials": 1, "n_warmup_steps": 0},
-    "budget": {"n_trials": 4},
-    "parallel": 2,
-    "resources": {"cpus": 1},
-    "parameters": {
-        "learning_rate": {"low": 1e-3, "high": 1e-2, "log": True},
-        "batch_size": 64,
-        "optimizer": {"values": ["adam", "sgd"]},
-        "momentum": {"low": 0.8, "high": 0.95, "when": {"optimizer": "sgd"}},
-        "architecture": {"values": ["simple_cnn", "resnet"]},
-        "width": 8,
-        "depth": {"values": [1], "when": {"architecture": "resnet"}},
-    },
-}
-
-
-# End-to-end sweeps search simple_cnn only: a resnet trial costs twice as much (its graph traces for
-# about 5 s on these cores), and architecture conditions have their own sweep test (test_sweep.py).
-SWEEP_PARAMETERS: dict[str, Any] = {
-    **{k: v for k, v in TINY_SPACE["parameters"].items() if k != "depth"}, "architecture": "simple_cnn"}
-
-
-def write_space(folder: Path, name: str = "space.yaml", **changes: Any) -> Path:
-    """A tiny, fast sweep YAML (digits, 3 epochs, simple_cnn with 8 filters) with top-level keys replaced."""
-    space = {**TINY_SPACE, "parameters": SWEEP_PARAMETERS, **changes}
-    path = folder / name
-    path.write_text(yaml.safe_dump(space, sort_keys=False))
-    return path

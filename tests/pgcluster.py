@@ -9,9 +9,10 @@ from __future__ import annotations
 import glob
 import os
 import shutil
-import socket
 import subprocess
 import tempfile
+
+from tests.helpers import free_port
 
 
 def _bin(name: str) -> str:
@@ -21,19 +22,13 @@ def _bin(name: str) -> str:
     return found if isinstance(found, str) else found[0]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class PgCluster:
     """initdb into a fresh folder; start/stop/restart with pg_ctl; trust auth on 127.0.0.1 only."""
 
     def __init__(self) -> None:
         self.root = tempfile.mkdtemp(prefix="sweeps-pg-")
         self.data = os.path.join(self.root, "data")
-        self.port = _free_port()
+        self.port = free_port()
         self.as_postgres = os.geteuid() == 0      # initdb refuses to run as root
         if self.as_postgres:
             shutil.chown(self.root, "postgres", "postgres")

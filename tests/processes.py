@@ -10,10 +10,11 @@ from typing import Any
 import psutil
 
 
-def trainer_processes(proc: subprocess.Popen[Any]) -> list[psutil.Process]:
-    """Ray worker processes of this coordinator that are training a trial right now."""
+def trainer_processes(proc: subprocess.Popen[Any] | None = None) -> list[psutil.Process]:
+    """Ray worker processes training a trial right now: those under ``proc`` (a coordinator that started its
+    own Ray), or anywhere on this machine (trials on a Ray head that the test session started)."""
     found = []
-    for child in psutil.Process(proc.pid).children(recursive=True):
+    for child in psutil.Process(proc.pid).children(recursive=True) if proc else psutil.process_iter():
         try:
             if "TrainerWorker.train" in " ".join(child.cmdline()):
                 found.append(child)

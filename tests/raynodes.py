@@ -8,24 +8,14 @@ and by the cluster tests for heads and nodes of their own.
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
+
+from tests.helpers import free_port, wait_for
 
 RAY = str(Path(sys.executable).parent / "ray")
 ENV = {"RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
-
-
-def free_port() -> int:
-    """A port outside Ray's worker range (10002-19999)."""
-    while True:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        if port >= 20000:
-            return port
 
 
 def node(*args: str, gpus: int = 0, cpus: int = 1, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
@@ -68,14 +58,13 @@ def nodes_up(address: str) -> int:
 
 def head(*, gpus: int = 0, cpus: int = 1, env: dict[str, str] | None = None) -> tuple[subprocess.Popen[bytes], str]:
     """A Ray head on a free loopback port, once `ray status` answers; its process and address."""
-    port = free_port()
+    port = free_port(above=20000)     # outside Ray's worker range (10002-19999)
     address = f"127.0.0.1:{port}"
     proc = node("--head", f"--port={port}", "--include-dashboard=false", "--disable-usage-stats",
                 gpus=gpus, cpus=cpus, env=env)
-    deadline = time.monotonic() + 90
-    while not nodes_up(address):
-        if proc.poll() is not None or time.monotonic() > deadline:
-            stop(proc)
-            raise AssertionError("the Ray head did not start")
-        time.sleep(1)
+    try:
+        wait_for(lambda: nodes_up(address), "the Ray head to answer", timeout=90, proc=proc, interval=1)
+    except AssertionError:
+        stop(proc)
+        raise
     return proc, address

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import run_cli, write_space
+from tests.helpers import run_cli, write_space
 
 COMMANDS = ["run", "resume", "status", "best", "ls"]
 
@@ -25,7 +25,7 @@ def test_help_is_fast_path_without_tensorflow_or_ray() -> None:
 def test_every_help_ends_with_an_example(command: str | None) -> None:
     result = run_cli(*([command] if command else []), "--help", timeout=60)
     assert result.returncode == 0
-    lines = [l for l in result.stdout.strip().splitlines() if l.strip()]
+    lines = [line for line in result.stdout.strip().splitlines() if line.strip()]
     tail = "\n".join(lines[-4:])
     assert "example" in result.stdout.lower() and "sweeps " + (command or "") in tail
 

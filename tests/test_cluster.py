@@ -1,33 +1,33 @@
 """Multi-machine without Docker, on one machine: a Ray head and a second Ray node as separate
-processes on loopback, a sweep dispatched through the head, trials landing on both nodes."""
+processes on loopback, sweeps dispatched through the head: trials landing on both nodes, and two
+trials packed on the head's one (declared) GPU under a GPU-hour budget."""
 
 from __future__ import annotations
 
 import json
-import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import optuna
 import pytest
 
 from sweeps.storage import driver_url
 from tests import raynodes
-from tests.conftest import run_cli, write_space
+from tests.helpers import run_cli, wait_for, write_space
 
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture()
+@pytest.fixture(scope="module")
 def two_nodes() -> Iterator[str]:
-    head, address = raynodes.head()
+    """A head with one CPU and one GPU (declared: Ray's real GPU accounting, trials on the CPU), and a
+    second node with one CPU."""
+    head, address = raynodes.head(gpus=1, cpus=1)
     worker = None
     try:
-        deadline = time.monotonic() + 90
         worker = raynodes.node(f"--address={address}")
-        while raynodes.nodes_up(address) < 2:
-            assert worker.poll() is None and time.monotonic() < deadline, "the second Ray node did not join"
-            time.sleep(1)
+        wait_for(lambda: raynodes.nodes_up(address) >= 2, "the second Ray node to join", timeout=90, proc=worker,
+                 interval=1)
         yield address
     finally:
         if worker is not None:
@@ -50,22 +50,12 @@ def test_sweep_through_a_ray_head_lands_on_both_nodes(two_nodes: str, pg_url: st
     assert {t.user_attrs["device"] for t in trials} == {"CPU"}
 
 
-@pytest.fixture()
-def gpu_head() -> Iterator[str]:
-    """A one-node Ray cluster that declares one GPU: Ray's real GPU accounting, trials on the CPU."""
-    head, address = raynodes.head(gpus=1, cpus=2)
-    try:
-        yield address
-    finally:
-        raynodes.stop(head)
-
-
-def test_gpu_hour_budget_stops_launching_and_packs_two_trials_per_gpu(gpu_head: str, tmp_path: Path) -> None:
+def test_gpu_hour_budget_stops_launching_and_packs_two_trials_per_gpu(two_nodes: str, tmp_path: Path) -> None:
     budget = 0.003           # 10.8 GPU-seconds: two trials of half a GPU spend it in about 11 s of wall time
     space = write_space(tmp_path, study="gpu-budget", budget={"n_trials": 40, "gpu_hours": budget}, parallel=2,
-                        epochs=3, resources={"cpus": 1, "gpus": 0.5}, pruner={"name": "none"})
+                        epochs=3, resources={"cpus": 0.5, "gpus": 0.5}, pruner={"name": "none"})
     url = f"sqlite:///{tmp_path}/sweeps.db"
-    done = run_cli("run", str(space), "--storage", url, "--ray-address", gpu_head, "--json", timeout=600)
+    done = run_cli("run", str(space), "--storage", url, "--ray-address", two_nodes, "--json", timeout=600)
     assert done.returncode == 0, done.stderr
     summary = json.loads(done.stdout)
     assert "GPU-hour budget of 0.003 reached" in summary["stopped_by"]

@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from sweeps import config
-from tests.conftest import ROOT, TINY_SPACE, run_cli
+from tests.helpers import ROOT, TINY_SPACE, run_cli
 
 
 def _load(tmp_path: Path, text: str) -> config.SweepConfig:

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from workers import data
+from workers import data, sources
 from workers.data import DatasetError
 
 
@@ -16,7 +16,7 @@ def test_digits_split_is_stratified_scaled_and_fixed() -> None:
     a = data.load({"name": "digits", "val_fraction": 0.2}, seed=0)
     assert a.input_shape == (8, 8, 1) and a.n_classes == 10
     assert len(a.y_train) + len(a.y_val) == 1797 and abs(len(a.y_val) - 360) <= 1
-    assert a.x_train.dtype == np.float32 and 0.0 <= a.x_train.min() and a.x_train.max() <= 1.0
+    assert a.x_train.dtype == np.float32 and a.x_train.min() >= 0.0 and a.x_train.max() <= 1.0
     share_train = np.bincount(a.y_train) / len(a.y_train)
     share_val = np.bincount(a.y_val) / len(a.y_val)
     assert np.abs(share_train - share_val).max() < 0.01
@@ -98,7 +98,7 @@ def test_folder_errors(tmp_path: Path) -> None:
 
 def test_test_split_is_held_out_first_and_never_shared() -> None:
     from sweeps.config import from_dict
-    from tests.conftest import TINY_SPACE
+    from tests.helpers import TINY_SPACE
 
     dataset = from_dict(TINY_SPACE, source="t").dataset.to_dict()     # defaults: val 0.2, test 0.1 of the whole
     a = data.load(dataset, seed=0)
@@ -142,13 +142,13 @@ def test_folder_is_decoded_once_per_machine_then_read_from_the_cache(tmp_path: P
     first = data.load(spec)
     cached = list((tmp_path / "cache" / "sweeps" / "folders").glob("*.npz"))
     assert len(cached) == 1
-    decoded = data._CACHE_STATS["decoded"]
+    decoded = sources.CACHE_STATS["decoded"]
     again = data.load(spec)
-    assert data._CACHE_STATS["decoded"] == decoded, "the second load decoded the images again"
+    assert sources.CACHE_STATS["decoded"] == decoded, "the second load decoded the images again"
     assert np.array_equal(first.x_train, again.x_train) and np.array_equal(first.y_val, again.y_val)
     Image.new("RGB", (12, 10), (0, 0, 0)).save(tmp_path / "set" / "bright" / "0.png")     # an image changed
     changed = data.load(spec)
-    assert data._CACHE_STATS["decoded"] == decoded + 1
+    assert sources.CACHE_STATS["decoded"] == decoded + 1
     assert len(list((tmp_path / "cache" / "sweeps" / "folders").glob("*.npz"))) == 2
     assert not np.array_equal(changed.x_train, first.x_train) or not np.array_equal(changed.x_val, first.x_val)
 

@@ -4,11 +4,11 @@ services, images, ports, volumes, commands, and that the images install what pyp
 from __future__ import annotations
 
 import re
-import tomllib
 
+import tomllib
 import yaml
 
-from tests.conftest import ROOT
+from tests.helpers import ROOT
 
 DOCKER = ROOT / "docker"
 

@@ -1,21 +1,30 @@
-"""Faults with real processes and real signals: a killed coordinator, a killed Ray worker,
-a restarted PostgreSQL, two coordinators on one study, a diverging trial."""
+"""Faults with real processes and real signals: a killed coordinator, a killed Ray worker, Ctrl-C twice on the
+CLI, a restarted or vanished PostgreSQL, a dataset missing where a study is resumed.
+
+The coordinator's own rules for these (retry from a checkpoint, Ctrl-C, budgets, two coordinators, a
+diverging trial) are tested fast, in-process, in ``test_coordinator.py``; here the faults are real."""
 
 from __future__ import annotations
 
+import json
 import signal
-import subprocess
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import optuna
 import pytest
+import yaml
 
-from sweeps.storage import driver_url
-from tests.conftest import run_cli, start_cli, write_space
+from sweeps.config import SweepConfig, from_dict
+from sweeps.coordinator import resume_sweep, run_sweep
+from sweeps.dispatch import InlineDispatcher
+from sweeps.storage import DatabaseUnavailable, driver_url
+from tests.helpers import run_cli, start_cli, wait_for, write_space
 from tests.pgcluster import PgCluster
 from tests.processes import kill_tree, trainer_processes
+from tests.scripted import Scripted
 
 pytestmark = pytest.mark.slow
 TS = optuna.trial.TrialState
@@ -27,22 +36,10 @@ def _study(url: str, name: str) -> optuna.Study:
     return optuna.load_study(study_name=name, storage=driver_url(url))
 
 
-def _wait_for(check: Callable[[], bool], proc: subprocess.Popen[str], what: str, timeout: float = 240) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if proc.poll() is not None:
-            raise AssertionError(f"the sweep ended before {what}: {proc.communicate()[1][-2000:]}")
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.2)
-
-
 def _running_with_epochs(url: str, name: str, epochs: int) -> Callable[[], bool]:
-    def check() -> bool:
-        try:
-            trials = _study(url, name).get_trials(deepcopy=False)
-        except Exception:        # not created yet
-            return False
-        return any(t.state == TS.RUNNING and len(t.intermediate_values) >= epochs for t in trials)
+    def check() -> bool:          # raises while the study is not created yet
+        return any(t.state == TS.RUNNING and len(t.intermediate_values) >= epochs
+                   for t in _study(url, name).get_trials(deepcopy=False))
     return check
 
 
@@ -76,7 +73,7 @@ def test_killed_coordinator_is_resumed_from_another_directory(pg_url: str, ray_h
                         pruner=NO_PRUNING, recovery=FAST_RECOVERY)
     proc = start_cli("run", str(space), "--storage", pg_url, "--ray-address", ray_head, cwd=tmp_path)
     try:
-        _wait_for(_running_with_epochs(pg_url, "crash", 2), proc, "a trial reached epoch 2")
+        wait_for(_running_with_epochs(pg_url, "crash", 2), "a trial reached epoch 2", proc=proc)
     finally:
         kill_tree(proc)
     lost = [t.number for t in _study(pg_url, "crash").get_trials() if t.state == TS.RUNNING]
@@ -107,14 +104,14 @@ def test_killed_coordinator_is_resumed_from_another_directory(pg_url: str, ray_h
     _check_no_unrecorded_duplicates(trials)
 
 
-def test_killed_worker_process_is_retried_and_the_sweep_completes(tmp_path: Path) -> None:
+def test_killed_worker_process_is_retried_and_the_sweep_completes(ray_head: str, tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path}/sweeps.db"
     space = write_space(tmp_path, study="worker-kill", budget={"n_trials": 3}, parallel=1, epochs=6,
                         pruner=NO_PRUNING, recovery=FAST_RECOVERY, checkpoints={"keep_best": 1})
-    proc = start_cli("run", str(space), "--storage", url, cwd=tmp_path)
+    proc = start_cli("run", str(space), "--storage", url, "--ray-address", ray_head, cwd=tmp_path)
     try:
-        _wait_for(_running_with_epochs(url, "worker-kill", 2), proc, "a trial reached epoch 2")
-        victims = trainer_processes(proc)
+        wait_for(_running_with_epochs(url, "worker-kill", 2), "a trial reached epoch 2", proc=proc)
+        victims = trainer_processes()          # the session's Ray head runs them; no other sweep runs now
         assert len(victims) == 1, [v.cmdline() for v in victims]
         victims[0].kill()
         out, err = proc.communicate(timeout=300)
@@ -125,6 +122,7 @@ def test_killed_worker_process_is_retried_and_the_sweep_completes(tmp_path: Path
     trials = _study(url, "worker-kill").get_trials()
     failed = [t for t in trials if t.state == TS.FAIL]
     assert len(failed) == 1 and failed[0].user_attrs["reason"].startswith("worker lost"), failed
+    assert failed[0].user_attrs["failure"] == "worker_lost"
     retry = [t for t in trials if t.user_attrs.get("retry_of") == failed[0].number]
     assert len(retry) == 1 and retry[0].state in (TS.COMPLETE, TS.PRUNED)
     assert retry[0].user_attrs["faults"] == 1 and retry[0].user_attrs["start_epoch"] >= 2
@@ -137,12 +135,14 @@ def test_killed_worker_process_is_retried_and_the_sweep_completes(tmp_path: Path
     assert kept == {f"config-{best.user_attrs.get('config_id', best.number)}"}, kept
 
 
-def test_second_ctrl_c_records_interrupted_and_resume_continues_from_checkpoints(ray_head: str, tmp_path: Path) -> None:
-    url = f"sqlite:///{tmp_path}/sweeps.db"
+def test_second_ctrl_c_exits_130_and_resume_elsewhere_continues_from_checkpoints(ray_head: str, tmp_path: Path) -> None:
+    db = tmp_path / "store" / "sweeps.db"
+    db.parent.mkdir()
+    url = f"sqlite:///{db}"
     space = write_space(tmp_path, study="stopped", budget={"n_trials": 2}, parallel=1, epochs=6, pruner=NO_PRUNING)
     proc = start_cli("run", str(space), "--storage", url, "--ray-address", ray_head, cwd=tmp_path)
     try:
-        _wait_for(_running_with_epochs(url, "stopped", 2), proc, "a trial reached epoch 2")
+        wait_for(_running_with_epochs(url, "stopped", 2), "a trial reached epoch 2", proc=proc)
         proc.send_signal(signal.SIGINT)
         time.sleep(0.5)
         proc.send_signal(signal.SIGINT)
@@ -151,112 +151,87 @@ def test_second_ctrl_c_records_interrupted_and_resume_continues_from_checkpoints
         if proc.poll() is None:
             kill_tree(proc)
     assert proc.returncode == 130, err[-3000:]
+    assert "sweeps resume stopped" in out
     trials = _study(url, "stopped").get_trials()
     [stopped] = [t for t in trials if t.state == TS.FAIL]
     assert stopped.user_attrs["reason"].startswith("interrupted")
     assert [t.state for t in trials if t.user_attrs.get("retry_of") == stopped.number] == [TS.WAITING]
 
-    result = run_cli("resume", "stopped", "--storage", url, "--ray-address", ray_head, cwd=tmp_path, timeout=300)
+    elsewhere = tmp_path / "elsewhere"                   # another folder; the storage from the environment
+    elsewhere.mkdir()
+    result = run_cli("resume", "stopped", "--ray-address", ray_head, cwd=elsewhere, timeout=300, SWEEPS_STORAGE=url)
     assert result.returncode == 0, result.stderr[-3000:]
+    assert not (elsewhere / "sweeps.db").exists()
     trials = _study(url, "stopped").get_trials()
     [retry] = [t for t in trials if t.user_attrs.get("retry_of") == stopped.number]
     assert retry.state == TS.COMPLETE and retry.user_attrs["start_epoch"] >= 2
     assert retry.user_attrs["faults"] == 0                 # Ctrl-C is not the configuration's fault
     assert _configs(trials)["COMPLETE"] == 2
     _check_curves_continuous(trials)
+    # The budget is met: a further resume starts nothing and says so.
+    again = run_cli("resume", "stopped", "--storage", url, "--json", cwd=elsewhere)
+    assert again.returncode == 0 and json.loads(again.stdout)["budget_met"] is True
+    assert len(_study(url, "stopped").get_trials()) == len(trials)
 
 
-def test_postgresql_restart_mid_sweep_loses_nothing(ray_head: str, tmp_path: Path) -> None:
+def _space(tmp_path: Path, **changes: object) -> SweepConfig:
+    return from_dict(yaml.safe_load(write_space(tmp_path, **changes).read_text()), source="test")
+
+
+def test_postgresql_restart_mid_sweep_loses_nothing(tmp_path: Path) -> None:
+    """The coordinator (in this process, trials on its in-process dispatcher) rides out a real restart."""
     cluster = PgCluster()
     try:
         cluster.start()
-        space = write_space(tmp_path, study="outage", budget={"n_trials": 3}, parallel=1, epochs=6,
-                            pruner=NO_PRUNING, recovery={"heartbeat_interval": 1, "grace_period": 30})
-        proc = start_cli("run", str(space), "--storage", cluster.url, "--ray-address", ray_head, cwd=tmp_path)
-        try:
-            _wait_for(_running_with_epochs(cluster.url, "outage", 1), proc, "a trial reported an epoch")
-            cluster.stop()
-            time.sleep(4)
-            cluster.start()
-            out, err = proc.communicate(timeout=300)
-        finally:
-            if proc.poll() is None:
-                kill_tree(proc)
-        assert proc.returncode == 0, err[-3000:]
-        assert "database unreachable" in err, "the outage should have been noticed and waited out"
+        config = _space(tmp_path, study="outage", budget={"n_trials": 2}, parallel=1, epochs=5, pruner=NO_PRUNING,
+                        recovery={"heartbeat_interval": 1, "grace_period": 30})
+        said: list[str] = []
+        outage = threading.Thread(target=_stop_after_first_epoch, args=(cluster, "outage", 3))
+        outage.start()
+        run_sweep(config, cluster.url, dispatcher=InlineDispatcher(Scripted(delay=0.2)),
+                  on_progress=lambda p: said.append(p.last))
+        outage.join()
+        assert any(line.startswith("database unreachable") for line in said), "the outage should have been waited out"
         trials = _study(cluster.url, "outage").get_trials()
-        assert len(trials) == 3 and all(t.state == TS.COMPLETE for t in trials), [(t.number, t.state) for t in trials]
+        assert len(trials) == 2 and all(t.state == TS.COMPLETE for t in trials), [(t.number, t.state) for t in trials]
         for t in trials:
-            assert sorted(t.intermediate_values) == list(range(1, 7)), (t.number, t.intermediate_values)
+            assert sorted(t.intermediate_values) == list(range(1, 6)), (t.number, t.intermediate_values)
     finally:
         cluster.destroy()
 
 
-def test_database_gone_too_long_exits_clearly_and_resume_continues(ray_head: str, tmp_path: Path) -> None:
+def _stop_after_first_epoch(cluster: PgCluster, name: str, restart_after: float | None = None) -> None:
+    """Stop the server once a trial has reported an epoch; start it again ``restart_after`` seconds later."""
+    wait_for(_running_with_epochs(cluster.url, name, 1), "a trial reported an epoch", timeout=60)
+    cluster.stop()
+    if restart_after is not None:
+        time.sleep(restart_after)
+        cluster.start()
+
+
+def test_database_gone_too_long_stops_clearly_and_resume_continues(tmp_path: Path) -> None:
     cluster = PgCluster()
     try:
         cluster.start()
-        space = write_space(tmp_path, study="gone", budget={"n_trials": 2}, parallel=1, epochs=4, pruner=NO_PRUNING,
-                            recovery={"heartbeat_interval": 1, "grace_period": 4, "database_timeout": 3})
-        proc = start_cli("run", str(space), "--storage", cluster.url, "--ray-address", ray_head, cwd=tmp_path)
-        try:
-            _wait_for(_running_with_epochs(cluster.url, "gone", 1), proc, "a trial reported an epoch")
-            cluster.stop()
-            out, err = proc.communicate(timeout=120)
-        finally:
-            if proc.poll() is None:
-                kill_tree(proc)
-        assert proc.returncode == 2, err[-3000:]
-        last = err.strip().splitlines()[-1]
-        assert "database has been unreachable" in last and "sweeps resume" in last and "Traceback" not in err
+        config = _space(tmp_path, study="gone", budget={"n_trials": 2}, parallel=1, epochs=4, pruner=NO_PRUNING,
+                        recovery={"heartbeat_interval": 1, "grace_period": 4, "database_timeout": 3})
+        outage = threading.Thread(target=_stop_after_first_epoch, args=(cluster, "gone"))
+        outage.start()
+        with pytest.raises(DatabaseUnavailable) as gone:
+            run_sweep(config, cluster.url, dispatcher=InlineDispatcher(Scripted(delay=0.3)))
+        outage.join()
+        message = str(gone.value)
+        assert "database has been unreachable for 3s" in message and "sweeps resume" in message
+        assert "\n" not in message
         cluster.start()
-        result = run_cli("resume", "gone", "--storage", cluster.url, "--ray-address", ray_head, cwd=tmp_path, timeout=300)
-        assert result.returncode == 0, result.stderr[-3000:]
-        trials = _study(cluster.url, "gone").get_trials()
-        counts = _configs(trials)
+        resume_sweep("gone", cluster.url, dispatcher=InlineDispatcher(Scripted()))
+        counts = _configs(_study(cluster.url, "gone").get_trials())
         assert counts["COMPLETE"] == 2 and counts["RUNNING"] == counts["WAITING"] == 0, counts
     finally:
         cluster.destroy()
 
 
-def test_two_coordinators_share_one_budget(pg_url: str, ray_head: str, tmp_path: Path) -> None:
-    space = write_space(tmp_path, study="shared", budget={"n_trials": 6}, parallel=1, epochs=3, pruner=NO_PRUNING)
-    first = start_cli("run", str(space), "--storage", pg_url, "--ray-address", ray_head, cwd=tmp_path)
-    second = None
-    try:
-        _wait_for(_running_with_epochs(pg_url, "shared", 0), first, "the study to exist")
-        second = start_cli("resume", "shared", "--storage", pg_url, "--ray-address", ray_head, cwd=tmp_path)
-        out1, err1 = first.communicate(timeout=400)
-        out2, err2 = second.communicate(timeout=400)
-    finally:
-        for p in (first, second):
-            if p is not None and p.poll() is None:
-                kill_tree(p)
-    assert first.returncode == 0, err1[-3000:]
-    assert second.returncode == 0, err2[-3000:]
-    trials = _study(pg_url, "shared").get_trials()
-    assert len(trials) == 6 and all(t.state == TS.COMPLETE for t in trials), [t.state for t in trials]
-    _check_no_unrecorded_duplicates(trials)
-    coordinators = {t.user_attrs["coordinator"] for t in trials}
-    assert len(coordinators) == 2, "both coordinators should have run trials"
-
-
-def test_diverging_trial_is_not_retried_and_the_sweep_goes_on(ray_head: str, tmp_path: Path) -> None:
-    space = write_space(tmp_path, study="diverge", budget={"n_trials": 2}, parallel=1, epochs=2,
-                        sampler={"name": "grid"}, pruner=NO_PRUNING,
-                        parameters={"learning_rate": {"values": [1.0e9, 1.0e-2]}, "optimizer": "sgd",
-                                    "momentum": 0.9, "width": 8, "batch_size": 64})
-    result = run_cli("run", str(space), "--ray-address", ray_head, cwd=tmp_path)
-    assert result.returncode == 0, result.stderr[-3000:]
-    trials = _study(f"sqlite:///{tmp_path}/sweeps.db", "diverge").get_trials()
-    assert len(trials) == 2
-    by_lr = {t.params["learning_rate"]: t for t in trials}
-    assert by_lr[1.0e9].state == TS.PRUNED and by_lr[1.0e9].user_attrs["reason"].startswith("diverged")
-    assert by_lr[1.0e-2].state == TS.COMPLETE
-    assert not [t for t in trials if "retry_of" in t.user_attrs]
-
-
-def test_resume_where_the_dataset_is_missing_is_one_clear_line(ray_head: str, tmp_path: Path) -> None:
+def test_resume_where_the_dataset_is_missing_is_one_clear_line(tmp_path: Path) -> None:
     import numpy as np
     from sklearn.datasets import load_digits
 
@@ -265,9 +240,9 @@ def test_resume_where_the_dataset_is_missing_is_one_clear_line(ray_head: str, tm
     data.parent.mkdir()
     np.savez(data, x_train=digits.images.astype("float32") / 16.0, y_train=digits.target)
     url = f"sqlite:///{tmp_path}/sweeps.db"
-    space = write_space(tmp_path, study="moved", budget={"n_trials": 1}, parallel=1, epochs=1,
-                        dataset={"name": "npz", "path": "data/digits.npz"})
-    assert run_cli("run", str(space), "--storage", url, "--ray-address", ray_head, cwd=tmp_path).returncode == 0
+    config = _space(tmp_path, study="moved", budget={"n_trials": 1}, parallel=1, epochs=1,
+                    dataset={"name": "npz", "path": str(data)})
+    run_sweep(config, url, dispatcher=InlineDispatcher(Scripted()))
     data.rename(tmp_path / "elsewhere.npz")                 # "another machine" without the file
     before = [(t.number, t.state) for t in _study(url, "moved").get_trials()]
     result = run_cli("resume", "moved", "--storage", url, "--n-trials", "2", cwd=tmp_path)

@@ -9,9 +9,28 @@ import pytest
 
 from sweeps import recovery
 from sweeps.checkpoints import CheckpointStore, default_location
+from tests.helpers import free_port, wait_for
 from workers import checkpoint
 
 TS = optuna.trial.TrialState
+
+
+def _full_tally(trials: list[optuna.trial.FrozenTrial]) -> recovery.Tally:
+    """The obvious full pass over every trial: the reference the incremental Counter must agree with."""
+    replaced = {t.user_attrs["retry_of"] for t in trials if "retry_of" in t.user_attrs}
+    out = recovery.Tally()
+    for t in trials:
+        if t.state == TS.FAIL:
+            out.retried += t.number in replaced
+            out.failed += t.number not in replaced
+        elif t.state in (TS.COMPLETE, TS.PRUNED, TS.RUNNING, TS.WAITING):
+            name = {TS.COMPLETE: "complete", TS.PRUNED: "pruned", TS.RUNNING: "running", TS.WAITING: "waiting"}[t.state]
+            setattr(out, name, getattr(out, name) + 1)
+    return out
+
+
+def _tally(trials: list[optuna.trial.FrozenTrial]) -> recovery.Tally:
+    return recovery.Counter(maximize=True).update(trials)[0]
 
 
 def _study(tmp_path: Path) -> optuna.Study:
@@ -26,7 +45,7 @@ def test_a_failure_with_a_retry_does_not_count_its_retry_does(tmp_path: Path) ->
     study.add_trial(optuna.trial.create_trial(params={"x": 0.3}, distributions=dist, state=TS.FAIL))   # number 2
     failed = study.get_trials()[2]
     assert recovery.enqueue_retry(study, 2, failed.params, failed.user_attrs, fault=True, max_retries=2)
-    t = recovery.tally(study.get_trials())
+    t = _tally(study.get_trials())
     assert (t.complete, t.pruned, t.failed, t.waiting, t.retried) == (1, 1, 0, 1, 1)
     assert t.finished == 2
 
@@ -38,7 +57,7 @@ def test_a_failure_with_a_retry_does_not_count_its_retry_does(tmp_path: Path) ->
     assert recovery.retry_attrs(retry.number, attrs, fault=True, max_retries=2)["faults"] == 2
     assert recovery.retry_attrs(retry.number, attrs, fault=True, max_retries=1) is None   # used up
     assert recovery.retry_attrs(retry.number, attrs, fault=False, max_retries=1)["config_id"] == 2
-    assert recovery.tally(study.get_trials()).failed == 1       # no retry queued: a final failure
+    assert _tally(study.get_trials()).failed == 1       # no retry queued: a final failure
 
 
 def test_the_counter_reads_each_finished_trial_once_and_agrees_with_a_full_tally(tmp_path: Path) -> None:
@@ -50,7 +69,7 @@ def test_the_counter_reads_each_finished_trial_once_and_agrees_with_a_full_tally
     def check() -> None:
         trials = study.get_trials(deepcopy=False)
         tally, best, seconds = counter.update(trials)
-        assert tally == recovery.tally(trials)
+        assert tally == _full_tally(trials)
         complete = [t for t in trials if t.state == TS.COMPLETE]
         assert (best.number if best else None) == (max(complete, key=lambda t: t.value).number if complete else None)
         assert seconds * 0.5 / 3600 == pytest.approx(recovery.gpu_hours(trials, 0.5), abs=1e-5)
@@ -120,16 +139,12 @@ def test_default_checkpoint_location(tmp_path: Path, monkeypatch: pytest.MonkeyP
 
 def test_checkpoints_in_an_s3_bucket(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """s3:// goes through Optuna's Boto3ArtifactStore to a real S3 API (moto's server, on loopback)."""
-    import socket
     import subprocess
     import sys
-    import time
 
     import boto3
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     server = subprocess.Popen([str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
@@ -137,14 +152,8 @@ def test_checkpoints_in_an_s3_bucket(tmp_path: Path, monkeypatch: pytest.MonkeyP
                            "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1"}.items():
             monkeypatch.setenv(var, value)
         client = boto3.client("s3")
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                client.create_bucket(Bucket="sweeps-ckpt")
-                break
-            except Exception:
-                assert server.poll() is None and time.monotonic() < deadline, "moto_server did not start"
-                time.sleep(0.3)
+        wait_for(lambda: client.create_bucket(Bucket="sweeps-ckpt"), "moto_server to make a bucket", timeout=30,
+                 proc=server, interval=0.3)
         store = CheckpointStore("s3://sweeps-ckpt/team/a", "study-1")
         store.save(4, 1, _ckpt(1))
         store.save(4, 2, _ckpt(2))
@@ -161,7 +170,7 @@ def test_checkpoints_in_an_s3_bucket(tmp_path: Path, monkeypatch: pytest.MonkeyP
 def test_a_resumed_sampler_does_not_replay_the_first_run(tmp_path: Path) -> None:
     from sweeps import algorithms
     from sweeps.config import from_dict
-    from tests.conftest import TINY_SPACE
+    from tests.helpers import TINY_SPACE
 
     config = from_dict({**TINY_SPACE, "sampler": {"name": "tpe", "seed": 3}}, source="test")
 

@@ -6,14 +6,14 @@ import glob
 import json
 import os
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 import sqlalchemy
 
 from sweeps.storage import driver_url
-from tests.conftest import ADMIN_URL, run_cli, write_space
+from tests.helpers import ADMIN_URL, cli_here, run_cli, write_space
 
 pytestmark = pytest.mark.slow
 
@@ -42,21 +42,23 @@ def _files_under(folder: Path) -> list[Path]:
     return [p for p in folder.rglob("*") if p.is_file()]
 
 
-def test_planted_password_appears_nowhere(password_url: tuple[str, str], tmp_path: Path) -> None:
+def test_planted_password_appears_nowhere(password_url: tuple[str, str], tmp_path: Path,
+                                         capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
     url, password = password_url
     secret = password.encode()
     ray_sessions_before = set(glob.glob("/tmp/ray/session_*"))
     space = write_space(tmp_path, study="secret", budget={"n_trials": 2}, parallel=1, epochs=2,
                         pruner={"name": "none"}, checkpoints={"store": str(tmp_path / "artifacts")})
-    printed = []
-    for args in (["run", str(space), "--storage", url],
-                 ["status", "secret", "--storage", url], ["status", "secret", "--storage", url, "--json"],
+    swept = run_cli("run", str(space), "--storage", url, cwd=tmp_path, timeout=400)   # a process with its Ray
+    printed = [swept.stdout + swept.stderr]
+    monkeypatch.chdir(tmp_path)
+    for args in (["status", "secret", "--storage", url], ["status", "secret", "--storage", url, "--json"],
                  ["best", "secret", "--storage", url, "--json"], ["ls", "--storage", url],
                  ["report", "secret", "--storage", url, "--out", str(tmp_path / "report")],
                  ["export", "secret", "--storage", url, "--format", "keras", "--out", str(tmp_path / "model")],
                  ["run", str(space), "--storage", url]):            # fails: the study exists (an error line)
-        result = run_cli(*args, cwd=tmp_path, timeout=400)
-        printed.append(result.stdout + result.stderr)
+        _, out, err = cli_here(capsys, *args)                       # the same commands, in this process
+        printed.append(out + err)
     assert printed[0].count("complete") >= 1 and "already exists" in printed[-1]
     for text in printed:
         assert password not in text

@@ -1,40 +1,39 @@
-"""From a finished sweep to what users see and ship: the Python API and the dashboard command."""
+"""From a finished sweep to what users see and ship: the Python API, the dashboard, reports, exports, rerun.
+
+The sweep runs once, in this process (real Keras through the in-process dispatcher); most commands run
+in this process too (``cli_here``: the CLI's own parsing and printing), the dashboard and one export as
+separate processes, as a user starts them."""
 
 from __future__ import annotations
 
 import json
 import signal
 import socket
-import subprocess
-import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import psutil
 import pytest
 
-from tests.conftest import SWEEP_PARAMETERS, TINY_SPACE, keep_artifact, run_cli, start_cli
+from tests.helpers import SWEEP_PARAMETERS, TINY_SPACE, cli_here, free_port, keep_artifact, run_cli, start_cli
 
 pytestmark = pytest.mark.slow
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
-def finished(tmp_path_factory: pytest.TempPathFactory, ray_head: str) -> Iterator[dict[str, Any]]:
-    """A tiny finished sweep, run through the Python API in this process (the session's Ray, real Keras)."""
+def finished(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    """A tiny finished sweep, run through the Python API in this process (real Keras, in-process trials)."""
     from sweeps import load_sweep, run_sweep
+    from sweeps.dispatch import InlineDispatcher
+    from workers.trainer import train_trial
 
     folder = tmp_path_factory.mktemp("served")
     url = f"sqlite:///{folder}/sweeps.db"
     config = {**TINY_SPACE, "parameters": SWEEP_PARAMETERS, "study": "served", "budget": {"n_trials": 2},
               "parallel": 1, "epochs": 2, "pruner": {"name": "none"}}
-    sweep = run_sweep(config, url, ray_address=ray_head)
+    sweep = run_sweep(config, url, dispatcher=InlineDispatcher(train_trial))
     yield {"sweep": sweep, "url": url, "folder": folder, "loaded": load_sweep("served", url)}
 
 
@@ -57,7 +56,7 @@ def _get(url: str) -> Any:
 
 
 def test_dashboard_serves_the_study_on_loopback_with_curves_and_artifacts(finished: dict[str, Any]) -> None:
-    port = _free_port()
+    port = free_port()
     proc = start_cli("dashboard", "served", "--storage", finished["url"], "--port", str(port))
     try:
         line = proc.stdout.readline()
@@ -84,28 +83,34 @@ def test_dashboard_serves_the_study_on_loopback_with_curves_and_artifacts(finish
             proc.wait(timeout=30)
 
 
-def test_dashboard_on_a_taken_port_is_one_clear_line(finished: dict[str, Any]) -> None:
+def test_dashboard_on_a_taken_port_is_one_clear_line(finished: dict[str, Any], capsys: pytest.CaptureFixture) -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        result = run_cli("dashboard", "served", "--storage", finished["url"], "--port", str(port), timeout=60)
-    assert result.returncode == 2 and "choose another --port" in result.stderr and "Traceback" not in result.stderr
+        code, _, err = cli_here(capsys, "dashboard", "served", "--storage", finished["url"], "--port", str(port))
+    assert code == 2 and "choose another --port" in err and "Traceback" not in err
 
 
 @pytest.mark.parametrize("fmt, quantize", [("keras", "none"), ("saved_model", "none"), ("tflite", "float16"),
                                           ("tflite", "int8")])
-def test_export_round_trips(finished: dict[str, Any], tmp_path: Path, fmt: str, quantize: str) -> None:
+def test_export_round_trips(finished: dict[str, Any], tmp_path: Path, fmt: str, quantize: str,
+                            capsys: pytest.CaptureFixture) -> None:
     """Export the best model, load it back the way a server would, and predict the held-out images."""
     import numpy as np
 
     from sweeps.export import tflite_predict
     from workers import data
 
-    result = run_cli("export", "served", "--storage", finished["url"], "--format", fmt, "--quantize", quantize,
-                     "--out", str(tmp_path), "--json", timeout=400)
-    assert result.returncode == 0, result.stderr[-3000:]
-    e = json.loads(result.stdout)
+    args = ("export", "served", "--storage", finished["url"], "--format", fmt, "--quantize", quantize,
+            "--out", str(tmp_path), "--json")
+    if fmt == "keras":         # one export as a separate process, as a user runs it
+        result = run_cli(*args, timeout=400)
+        code, out, err = result.returncode, result.stdout, result.stderr
+    else:
+        code, out, err = cli_here(capsys, *args)
+    assert code == 0, err[-3000:]
+    e = json.loads(out)
     assert e["source"] == "checkpoint" and e["trial"] == finished["sweep"].best_trial.number
     assert e["accuracy_original"] == pytest.approx(finished["sweep"].best_value, abs=0.02)
     assert e["size_bytes"] > 0 and e["flagged"] == (e["accuracy_exported"] < e["accuracy_original"] - 0.01)
@@ -140,11 +145,11 @@ def test_export_round_trips(finished: dict[str, Any], tmp_path: Path, fmt: str, 
     assert accuracy > 0.5
 
 
-def test_report_writes_html_and_plots(finished: dict[str, Any], tmp_path: Path) -> None:
-    result = run_cli("report", "served", "--storage", finished["url"], "--out", str(tmp_path / "r"), "--json",
-                     timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
-    r = json.loads(result.stdout)
+def test_report_writes_html_and_plots(finished: dict[str, Any], tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    code, out, err = cli_here(capsys, "report", "served", "--storage", finished["url"], "--out", str(tmp_path / "r"),
+                              "--json")
+    assert code == 0, err[-3000:]
+    r = json.loads(out)
     assert set(r["images"]) >= {"optimization_history", "parallel_coordinate", "intermediate_values",
                                 "confusion_matrix"}
     for path in r["images"].values():
@@ -166,7 +171,7 @@ def test_browser_sees_the_study_in_the_dashboard(finished: dict[str, Any]) -> No
 
     browser_path, driver_path = shutil.which("chromium"), shutil.which("chromedriver")
     assert browser_path and driver_path, "install Debian's chromium and chromium-driver (.ci/run does)"
-    port = _free_port()
+    port = free_port()
     proc = start_cli("dashboard", "served", "--storage", finished["url"], "--port", str(port))
     options = webdriver.ChromeOptions()
     options.binary_location = browser_path
@@ -199,40 +204,41 @@ def test_browser_sees_the_study_in_the_dashboard(finished: dict[str, Any]) -> No
         proc.wait(timeout=30)
 
 
-def test_best_evaluate_reports_the_held_out_test_split(finished: dict[str, Any]) -> None:
-    result = run_cli("best", "served", "--storage", finished["url"], "--evaluate", "--json", timeout=400)
-    assert result.returncode == 0, result.stderr[-3000:]
-    b = json.loads(result.stdout)
+def test_best_evaluate_reports_the_held_out_test_split(finished: dict[str, Any], capsys: pytest.CaptureFixture) -> None:
+    code, out, err = cli_here(capsys, "best", "served", "--storage", finished["url"], "--evaluate", "--json")
+    assert code == 0, err[-3000:]
+    b = json.loads(out)
     test = b["test"]
     described = finished["sweep"].study.user_attrs["sweeps:dataset"]
     assert test["n_test"] == described["n_test"] and abs(test["n_test"] - 180) <= 1   # 10% of digits, set aside
     assert sum(map(sum, test["confusion_matrix"])) == test["n_test"] and len(test["per_class_recall"]) == 10
     assert 0.3 < test["accuracy"] <= 1 and 0 < test["macro_f1"] <= 1
     assert abs(test["accuracy"] - b["value"]) < 0.2          # same model, other images: close, not equal by design
-    text = run_cli("best", "served", "--storage", finished["url"], "--evaluate", timeout=400)
-    assert text.returncode == 0 and "held-out test split (" in text.stdout
+    code, text, _ = cli_here(capsys, "best", "served", "--storage", finished["url"], "--evaluate")
+    assert code == 0 and "held-out test split (" in text
 
 
-def test_rerun_reproduces_a_trial_within_half_a_point(finished: dict[str, Any]) -> None:
+def test_rerun_reproduces_a_trial_within_half_a_point(finished: dict[str, Any], capsys: pytest.CaptureFixture) -> None:
     best = finished["sweep"].best_trial
-    result = run_cli("rerun", "served", str(best.number), "--storage", finished["url"], "--json", timeout=400)
-    assert result.returncode == 0, result.stderr[-3000:]
-    r = json.loads(result.stdout)
+    code, out, err = cli_here(capsys, "rerun", "served", str(best.number), "--storage", finished["url"], "--json")
+    assert code == 0, err[-3000:]
+    r = json.loads(out)
     assert r["stored_value"] == pytest.approx(best.value) and r["epochs"] == 2 and r["seed"] == best.user_attrs["seed"]
     assert r["within_half_point"], r
-    missing = run_cli("rerun", "served", "99", "--storage", finished["url"])
-    assert missing.returncode == 2 and "has no trial 99" in missing.stderr
+    code, _, err = cli_here(capsys, "rerun", "served", "99", "--storage", finished["url"])
+    assert code == 2 and "has no trial 99" in err
 
 
-def test_export_retrains_when_no_checkpoint_was_kept(finished: dict[str, Any], tmp_path: Path) -> None:
+def test_export_retrains_when_no_checkpoint_was_kept(finished: dict[str, Any], tmp_path: Path,
+                                                     capsys: pytest.CaptureFixture) -> None:
     """Last in this module: it deletes the kept checkpoints that the tests above load."""
     import shutil
 
     shutil.rmtree(finished["folder"] / "sweeps_artifacts")       # as after keep_best: 0, or another machine
-    result = run_cli("export", "served", "--storage", finished["url"], "--format", "keras", "--out", str(tmp_path),
-                     timeout=400)
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "retraining it" in result.stderr and "(retrained)" in result.stdout
-    original, exported = (float(v.strip(",")) for v in result.stdout.split("original ")[1].split(" exported "))
+    code, out, err = cli_here(capsys, "export", "served", "--storage", finished["url"], "--format", "keras",
+                              "--out", str(tmp_path))
+    assert code == 0, err[-3000:]
+    assert "retraining it" in err and "(retrained)" in out
+    original, exported = (float(v.strip(",")) for v in out.split("original ")[1].split(" exported "))
     assert exported == pytest.approx(original, abs=1e-6)
     assert original == pytest.approx(finished["sweep"].best_value, abs=0.05)    # the same seed, on the CPU

@@ -6,7 +6,7 @@ import optuna
 import yaml
 
 from sweeps import algorithms, config, space
-from tests.conftest import TINY_SPACE
+from tests.helpers import TINY_SPACE
 
 
 def _config(**changes: object) -> config.SweepConfig:
@@ -37,9 +37,13 @@ def test_children_come_after_parents_whatever_the_yaml_order() -> None:
     assert names.index("architecture") < names.index("depth")
 
 
-def test_trial_params_fill_defaults() -> None:
-    params = space.trial_params({"learning_rate": 0.1})
+def test_the_trial_spec_fills_defaults_and_carries_the_direction() -> None:
+    cfg = config.from_dict({**TINY_SPACE, "metric": {"name": "val_loss"}}, source="t")
+    spec = cfg.trial_spec(7, {"learning_rate": 0.1}, seed=3)
+    params = spec.params
     assert params["learning_rate"] == 0.1 and params["optimizer"] == "adam" and params["augment"] == 0.0
+    assert (spec.number, spec.seed, spec.epochs, spec.metric, spec.maximize) == (7, 3, TINY_SPACE["epochs"], "val_loss",
+                                                                               False)
 
 
 def test_grid_covers_every_combination() -> None:

@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -19,17 +16,12 @@ import pytest
 import sqlalchemy
 
 from sweeps.storage import driver_url
-from tests.conftest import SWEEP_PARAMETERS, run_cli, start_cli, write_space
+from sweeps.trained import evaluate, load_trained
+from tests.helpers import SWEEP_PARAMETERS, free_port, run_cli, start_cli, wait_for, write_space
 
 pytestmark = pytest.mark.slow
 BIN = Path(sys.executable).parent
 FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.FAIL)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _check_every_epoch_stored(trials: list[optuna.trial.FrozenTrial]) -> None:
@@ -100,22 +92,17 @@ def test_postgresql_sweep_two_in_parallel_workers_never_connect(pg_url: str, ray
     assert best["value"] == pytest.approx(study.best_value) and best["params"] == study.best_params
     listing = json.loads(run_cli("ls", "--storage", pg_url, "--json").stdout)
     listed_studies = {r["study"]: r for r in listing}          # the session's database is shared with other tests
-    assert listed_studies["pg-sweep"]["n_trials"] == 4 and listed_studies["pg-sweep"]["best_value"] == pytest.approx(study.best_value)
+    assert listed_studies["pg-sweep"]["n_trials"] == 4
+    assert listed_studies["pg-sweep"]["best_value"] == pytest.approx(study.best_value)
     again = run_cli("run", str(space), "--storage", pg_url, cwd=tmp_path)
     assert again.returncode == 2 and "already exists" in again.stderr and "sweeps resume pg-sweep" in again.stderr
 
-    port = _free_port()
+    port = free_port()
     dashboard = subprocess.Popen([str(BIN / "optuna-dashboard"), "--host", "127.0.0.1", "--port", str(port),
                                   driver_url(pg_url)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                served = _get_json(f"http://127.0.0.1:{port}/api/studies")
-                break
-            except OSError:
-                assert dashboard.poll() is None and time.monotonic() < deadline, "optuna-dashboard did not start"
-                time.sleep(0.5)
+        served = wait_for(lambda: _get_json(f"http://127.0.0.1:{port}/api/studies"), "optuna-dashboard to answer",
+                          timeout=60, proc=dashboard)
         studies = {s["study_name"]: s for s in served["study_summaries"]}
         assert "pg-sweep" in studies
         detail = _get_json(f"http://127.0.0.1:{port}/api/studies/{studies['pg-sweep']['study_id']}")
@@ -131,84 +118,8 @@ def _get_json(url: str) -> dict:
         return json.loads(r.read())
 
 
-def test_sqlite_sweep_prunes_bad_region_and_keeps_conditions(ray_head: str, tmp_path: Path) -> None:
-    space = write_space(tmp_path, study="lite", budget={"n_trials": 5}, parallel=1, epochs=4,
-                        sampler={"name": "random", "seed": 3},
-                        pruner={"name": "median", "n_startup_trials": 1, "n_warmup_steps": 0},
-                        parameters={
-                            "learning_rate": {"values": [1.0e-6, 1.0e-2]},
-                            "optimizer": {"values": ["adam", "sgd"]},
-                            "momentum": {"low": 0.8, "high": 0.95, "when": {"optimizer": "sgd"}},
-                            "architecture": {"values": ["simple_cnn", "resnet"]},
-                            "depth": {"values": [1], "when": {"architecture": "resnet"}},
-                            "width": 8, "batch_size": 32,
-                        })
-    result = run_cli("run", str(space), "--ray-address", ray_head, cwd=tmp_path)   # default storage: sqlite:///sweeps.db here
-    assert result.returncode == 0, result.stderr
-    assert (tmp_path / "sweeps.db").exists()
-    study = optuna.load_study(study_name="lite", storage=f"sqlite:///{tmp_path}/sweeps.db")
-    trials = sorted(study.get_trials(), key=lambda t: t.number)
-    assert len(trials) == 5 and all(t.state in FINISHED for t in trials)
-    _check_every_epoch_stored(trials)
-    for t in trials:                     # conditional parameters exist only under their parent
-        assert ("momentum" in t.params) == (t.params["optimizer"] == "sgd")
-        assert ("depth" in t.params) == (t.params["architecture"] == "resnet")
-        assert t.user_attrs["seed"] >= 0
-    # One trial at a time: a bad trial started after a complete one must be pruned.
-    bad_after_reference = [t for t in trials if t.params["learning_rate"] == 1e-6
-                           and any(o.number < t.number and o.state == optuna.trial.TrialState.COMPLETE for o in trials)]
-    assert bad_after_reference, "the seed should draw the bad region after a complete trial"
-    assert all(t.state == optuna.trial.TrialState.PRUNED for t in bad_after_reference)
-    assert all(t.user_attrs["epochs_run"] < 4 for t in bad_after_reference)
-    assert study.best_params["learning_rate"] == 1e-2
-
-
-def test_interrupted_sweep_resumes_to_its_budget_in_a_new_process(ray_head: str, tmp_path: Path) -> None:
-    db = tmp_path / "store" / "sweeps.db"
-    db.parent.mkdir()
-    url = f"sqlite:///{db}"
-    space = write_space(tmp_path, study="resumable", budget={"n_trials": 3}, parallel=1)
-    proc = start_cli("run", str(space), "--storage", url, "--ray-address", ray_head, cwd=tmp_path)
-    try:
-        deadline = time.monotonic() + 240
-        while True:
-            assert proc.poll() is None, proc.communicate()[1]
-            assert time.monotonic() < deadline, "no trial finished in time"
-            if db.exists():
-                try:
-                    study = optuna.load_study(study_name="resumable", storage=url)
-                    if any(t.state in FINISHED for t in study.get_trials()):
-                        break
-                except (KeyError, sqlalchemy.exc.SQLAlchemyError):
-                    pass            # the study, or the schema, is still being created by the CLI
-            time.sleep(0.3)
-        proc.send_signal(signal.SIGINT)     # first Ctrl-C: launch nothing new, let the running trial finish
-        out, err = proc.communicate(timeout=180)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == 130, err
-    assert "sweeps resume resumable" in out
-    study = optuna.load_study(study_name="resumable", storage=url)
-    done_before = [t for t in study.get_trials() if t.state in FINISHED]
-    assert 1 <= len(done_before) < 3
-    assert not [t for t in study.get_trials() if t.state == optuna.trial.TrialState.RUNNING]
-
-    elsewhere = tmp_path / "elsewhere"
-    elsewhere.mkdir()
-    result = run_cli("resume", "resumable", "--ray-address", ray_head, cwd=elsewhere, SWEEPS_STORAGE=url)
-    assert result.returncode == 0, result.stderr
-    trials = optuna.load_study(study_name="resumable", storage=url).get_trials()
-    assert len([t for t in trials if t.state in FINISHED]) == 3 and len(trials) == 3
-    _check_every_epoch_stored(trials)
-    assert not (elsewhere / "sweeps.db").exists()
-    # The budget is met: a further resume starts nothing and says so.
-    again = run_cli("resume", "resumable", "--storage", url, "--json", cwd=elsewhere)
-    assert again.returncode == 0 and json.loads(again.stdout)["budget_met"] is True
-    assert len(optuna.load_study(study_name="resumable", storage=url).get_trials()) == 3
-
-
-def test_cross_validated_folder_sweep_reads_images_by_path_decoded_once(tmp_path: Path) -> None:
+def test_cross_validated_folder_sweep_reads_images_by_path_decoded_once(tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     """An image folder (sent by path, decoded once) under 2-fold cross-validation, in one sweep."""
     from PIL import Image
 
@@ -218,11 +129,10 @@ def test_cross_validated_folder_sweep_reads_images_by_path_decoded_once(tmp_path
         for i in range(40):
             pixels = np.clip(rng.normal(level, 20, (12, 12)), 0, 255).astype("uint8")
             Image.fromarray(pixels).save(tmp_path / "images" / cls / f"{i}.png")
-    url = f"sqlite:///{tmp_path}/sweeps.db"
+    url = f"sqlite:///{tmp_path}/sweeps.db"          # the default storage: sweeps.db in the current folder
     write_space(tmp_path, dataset={"name": "folder", "path": "images", "image_size": [12, 12], "folds": 2},
                 epochs=2, budget={"n_trials": 3}, pruner={"name": "none"})
-    done = run_cli("run", str(tmp_path / "space.yaml"), "--storage", url, "--quiet", timeout=600,
-                   XDG_CACHE_HOME=str(tmp_path / "cache"))
+    done = run_cli("run", "space.yaml", "--quiet", cwd=tmp_path, timeout=600, XDG_CACHE_HOME=str(tmp_path / "cache"))
     assert done.returncode == 0, done.stderr
     trials = optuna.load_study(study_name="tiny", storage=url).trials
     assert [t.state for t in trials] == [optuna.trial.TrialState.COMPLETE] * 3
@@ -235,9 +145,8 @@ def test_cross_validated_folder_sweep_reads_images_by_path_decoded_once(tmp_path
     sources = [t.user_attrs["data_source"] for t in trials]
     assert "decoded" not in sources and "memory" in sources, sources     # the coordinator's decode was cached
     assert len(list((tmp_path / "cache" / "sweeps" / "folders").glob("*.npz"))) == 1
-    evaluated = run_cli("best", "tiny", "--storage", url, "--evaluate", "--json", XDG_CACHE_HOME=str(tmp_path / "cache"))
-    assert evaluated.returncode == 0, evaluated.stderr
-    assert json.loads(evaluated.stdout)["test"]["n_test"] == 8
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))     # `best --evaluate`, in this process
+    assert evaluate(load_trained("tiny", url))["n_test"] == 8
 
 
 NO_TENSORFLOW = """

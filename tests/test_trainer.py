@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from workers import data, models
-from workers.spec import PARAMETER_DEFAULTS, Decision, EpochReport, TrialSpec, TrialState
+from workers.hyperparameters import DEFAULTS as PARAMETER_DEFAULTS
+from workers.spec import Decision, EpochReport, Failure, TrialSpec, TrialState
 from workers.trainer import train_trial
 
 
@@ -70,12 +71,12 @@ def test_augmentation_layers_follow_strength_and_flip() -> None:
     from workers import augment
 
     params = {**PARAMETER_DEFAULTS, "width": 8}
-    names = lambda layers: [type(l).__name__ for l in layers]  # noqa: E731
+    names = lambda layers: [type(layer).__name__ for layer in layers]
     assert augment.layers(0.0, flip=False) == []
     assert "RandomFlip" not in names(augment.layers(0.5, flip=False))
     assert names(augment.layers(0.5, flip=True))[0] == "RandomFlip"
     model = models.build(params, (8, 8, 1), 10, augment.layers(0.5, flip=False))
-    kinds = {type(l).__name__ for l in model.layers}
+    kinds = {type(layer).__name__ for layer in model.layers}
     assert {"RandomRotation", "RandomZoom", "RandomTranslation", "RandomContrast"} <= kinds
     x = np.random.default_rng(0).random((4, 8, 8, 1), dtype=np.float32)
     assert np.allclose(model(x, training=False), model(x, training=False))   # no augmentation at evaluation
@@ -140,7 +141,7 @@ def test_balancing_raises_macro_f1_on_an_imbalanced_subset(digits: data.Arrays) 
 
 
 def test_class_weights_and_oversampling_arithmetic() -> None:
-    from workers.trainer import class_weights, oversample
+    from workers.data import class_weights, oversample
 
     y = np.array([0] * 10 + [1] * 30 + [2] * 60)
     w = class_weights(y, 4)
@@ -277,12 +278,13 @@ def test_imagenet_weights_unreachable_is_one_clear_error() -> None:
 
 
 def test_worker_that_cannot_see_the_folder_fails_the_trial_with_one_clear_reason(tmp_path) -> None:
-    from workers.remote import DATASET_ERROR, TrainerWorker
+    from workers.remote import TrainerWorker
 
     ref = data.FolderRef({"name": "folder", "path": str(tmp_path / "not-mounted"), "val_fraction": 0.2}, 0)
     result = TrainerWorker(1).train(_spec(epochs=1), ref, broker=None)
     assert result.state == TrialState.FAILED and result.epochs_run == 0
-    assert result.reason.startswith(f"{DATASET_ERROR}: this worker (") and "not-mounted" in result.reason
+    assert result.failure == Failure.DATASET
+    assert result.reason.startswith("dataset not readable on this worker: this worker (") and "not-mounted" in result.reason
 
 
 @pytest.mark.parametrize("options", [{"mixed_precision": True}, {"jit_compile": True, "steps_per_execution": 4}])

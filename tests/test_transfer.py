@@ -1,9 +1,9 @@
 """Transfer learning end to end: pretrain a backbone on one built-in dataset, fine-tune it on the other.
 
 The pretraining runs the trainer in this process (real Keras, no sweep around
-it, to keep the suite short); the fine-tuning is a real sweep (Ray, Keras,
-SQLite) through the CLI, as a user runs it, and its backbone goes out through
-`sweeps export --format backbone`.
+it); the fine-tuning is a real sweep of the YAML a user writes (real Keras and
+SQLite, its trials on the in-process dispatcher to keep the suite short), and
+its backbone goes out through `sweeps export --format backbone`.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.conftest import run_cli, write_space
+from tests.helpers import cli_here, write_space
 
 pytestmark = pytest.mark.slow
 
@@ -34,7 +34,8 @@ def _pretrain_backbone(path: Path) -> float:
     from workers import checkpoint as ckpt
     from workers import data as datasets
     from workers import models
-    from workers.spec import PARAMETER_DEFAULTS, Decision, EpochReport, TrialSpec
+    from workers.hyperparameters import DEFAULTS as PARAMETER_DEFAULTS
+    from workers.spec import Decision, EpochReport, TrialSpec
     from workers.trainer import train_trial
 
     class KeepLast:
@@ -57,7 +58,12 @@ def _pretrain_backbone(path: Path) -> float:
     return result.value
 
 
-def test_pretrain_on_mnist_then_fine_tune_on_digits_from_the_file(ray_head: str, tmp_path: Path) -> None:
+def test_pretrain_on_mnist_then_fine_tune_on_digits_from_the_file(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from sweeps.config import load
+    from sweeps.coordinator import run_sweep
+    from sweeps.dispatch import InlineDispatcher
+    from workers.trainer import train_trial
+
     url = f"sqlite:///{tmp_path}/sweeps.db"
     pretrained = tmp_path / "models" / "pre-backbone.weights.h5"
     value = _pretrain_backbone(pretrained)
@@ -66,20 +72,20 @@ def test_pretrain_on_mnist_then_fine_tune_on_digits_from_the_file(ray_head: str,
 
     unfreeze = 12
     write_space(tmp_path, "fine.yaml", study="fine", dataset={"name": "digits", "max_images": 600}, epochs=4,
-                **ONE_TRIAL, parameters={**FIXED, "learning_rate": 3e-3, "batch_size": 32, "weights": "models/pre-backbone.weights.h5", "freeze_epochs": 2,
-                            "unfreeze_layers": unfreeze, "fine_tune_lr_factor": 0.1})
-    done = run_cli("run", str(tmp_path / "fine.yaml"), "--storage", url, "--ray-address", ray_head, "--quiet", timeout=600)
-    assert done.returncode == 0, done.stderr
-    best = json.loads(run_cli("best", "fine", "--storage", url, "--json").stdout)
+                **ONE_TRIAL, parameters={**FIXED, "learning_rate": 3e-3, "batch_size": 32,
+                                         "weights": "models/pre-backbone.weights.h5", "freeze_epochs": 2,
+                                         "unfreeze_layers": unfreeze, "fine_tune_lr_factor": 0.1})
+    assert run_sweep(load(tmp_path / "fine.yaml"), url, dispatcher=InlineDispatcher(train_trial))["complete"] == 1
+    best = json.loads(cli_here(capsys, "best", "fine", "--storage", url, "--json")[1])
     assert best["value"] > 0.3, best          # digits, 10 classes: chance is 0.1
     assert len(best["learning_curve"]) == 4
     assert {**best["params"], **best["fixed_params"]}["weights"] == str(pretrained)
 
-    exported = run_cli("export", "fine", "--storage", url, "--format", "backbone", "--out", str(tmp_path / "tuned"),
-                       "--json")
-    assert exported.returncode == 0, exported.stderr
+    code, out, err = cli_here(capsys, "export", "fine", "--storage", url, "--format", "backbone",
+                              "--out", str(tmp_path / "tuned"), "--json")
+    assert code == 0, err
     before = _backbone_weights(pretrained)
-    after = _backbone_weights(Path(json.loads(exported.stdout)["path"]))
+    after = _backbone_weights(Path(json.loads(out)["path"]))
     import keras
 
     base = keras.applications.MobileNetV2(include_top=False, weights=None, input_shape=(32, 32, 3))

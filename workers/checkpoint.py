@@ -37,7 +37,8 @@ def pack(ck: Checkpoint) -> bytes:
             "n": [len(ck.weights), len(ck.optimizer), len(ck.best_weights or [])],
             "values": {str(k): v for k, v in ck.values.items()}}
     buffer = io.BytesIO()
-    np.savez(buffer, __meta__=np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8), **arrays)
+    arrays["__meta__"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
+    np.savez(buffer, **arrays)  # type: ignore[arg-type]  # numpy's stub takes **kwds for its allow_pickle flag
     return buffer.getvalue()
 
 

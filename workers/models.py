@@ -7,7 +7,8 @@ epochs and the pruner kills good trials (measured, ../shared/STACK.md).
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 BN_MOMENTUM = 0.9
 

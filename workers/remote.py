@@ -14,13 +14,10 @@ import gc
 import os
 import platform
 import socket
-import traceback
 from typing import Any
 
-from workers.data import DatasetError, FolderRef
-from workers.spec import Decision, EpochReport, TrialResult, TrialSpec, TrialState
-
-DATASET_ERROR = "dataset not readable on this worker"   # a trial failure that no retry can fix
+from workers import attempt
+from workers.spec import Decision, EpochReport, TrialResult, TrialSpec
 
 
 class ReportBroker:
@@ -118,20 +115,11 @@ class TrainerWorker:
     def train(self, spec: TrialSpec, data: Any, broker: Any) -> TrialResult:
         from workers.trainer import train_trial
 
-        source = "object store"
         try:
-            if isinstance(data, FolderRef):      # an image folder: read here, by path, through the decode cache
-                data, source = data.materialize()
-        except DatasetError as e:     # this machine cannot read the folder: the sweep cannot run here
-            return TrialResult(spec.number, TrialState.FAILED, None, 0, f"{DATASET_ERROR}: {e}")
-        try:
-            result = train_trial(spec, data, BrokerReporter(broker))
-            result.metrics.update(self.info(), data_source=source)
+            result, source = attempt.run(train_trial, spec, data, BrokerReporter(broker))
+            if result.failure is None:
+                result.metrics.update(self.info(), data_source=source)
             return result
-        except Exception as e:  # the trial fails; the worker stays usable
-            last = traceback.extract_tb(e.__traceback__)[-1:] or [None]
-            where = f" ({os.path.basename(last[0].filename)}:{last[0].lineno})" if last[0] else ""
-            return TrialResult(spec.number, TrialState.FAILED, None, 0, f"{type(e).__name__}: {e}{where}")
         finally:
             import keras
 

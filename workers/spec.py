@@ -10,40 +10,12 @@ import enum
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
-ARCHITECTURES = ("simple_cnn", "resnet", "mobilenet_v2", "efficientnet_b0")   # the last two: keras.applications
-CLASS_WEIGHTS = ("none", "balanced")      # balanced: each class weighs n / (k * count), as scikit-learn's
-SAMPLING = ("none", "oversample")         # oversample: repeat each class's images up to the largest class
-LR_SCHEDULES = ("constant", "cosine", "plateau")   # plateau: halve the rate after 2 epochs without improvement
-METRICS = {"val_accuracy": "maximize", "val_loss": "minimize"}
+METRICS = {"val_accuracy": "maximize", "val_loss": "minimize"}     # metric -> its natural goal
 
-# Every hyperparameter a trial understands, with the value it takes when the
-# search space neither fixes nor searches it. An unknown name is an error.
-PARAMETER_DEFAULTS: dict[str, Any] = {
-    "learning_rate": 1e-3,      # optimizer step size
-    "batch_size": 64,
-    "optimizer": "adam",        # one of OPTIMIZERS
-    "momentum": 0.9,            # sgd and rmsprop only
-    "weight_decay": 4e-3,       # adamw only (decoupled decay)
-    "dropout": 0.0,             # before the classifier head
-    "l2": 0.0,                  # kernel L2 penalty on every conv / dense layer
-    "augment": 0.0,             # augmentation strength, 0..1
-    "architecture": "simple_cnn",
-    "width": 32,                # filters of the first conv block
-    "depth": 2,                 # conv blocks (simple_cnn) / residual blocks per stage (resnet)
-    "class_weight": "none",     # one of CLASS_WEIGHTS: for imbalanced data
-    "sampling": "none",         # one of SAMPLING: for imbalanced data
-    "batchnorm": True,          # BatchNorm after every conv (off: conv with bias)
-    "lr_schedule": "constant",  # one of LR_SCHEDULES
-    "label_smoothing": 0.0,     # 0..1: targets (1 - s) on the class, s spread over all
-    "early_stopping": 0,        # patience in epochs without improvement; 0: off
-    "random_erasing": 0.0,      # 0..1: probability of blanking a random patch of each training image
-    "mixup_alpha": 0.0,         # > 0: mixup with weights ~ Beta(alpha, alpha); 0: off
-    "weights": "none",          # mobilenet_v2 / efficientnet_b0: none, imagenet, or a local .weights.h5 file
-    "freeze_epochs": 0,         # transfer learning: epochs with the backbone frozen before fine-tuning
-    "unfreeze_layers": 0,       # then the backbone's top N layers are trained (0: all of them)
-    "fine_tune_lr_factor": 0.1, # at learning_rate times this factor
-}
+
+def better(value: float, best: float | None, maximize: bool) -> bool:
+    """Whether ``value`` beats ``best`` (anything beats ``None``): the one "best so far" rule."""
+    return best is None or (value > best if maximize else value < best)
 
 
 class Decision(str, enum.Enum):
@@ -59,17 +31,33 @@ class TrialState(str, enum.Enum):
     FAILED = "failed"
 
 
+class Failure(str, enum.Enum):
+    """Why a trial failed, for code to act on (the reason says it for people)."""
+
+    ERROR = "error"                       # an exception in training: retried, counted as a fault
+    WORKER_LOST = "worker_lost"           # its process or node died: retried, counted as a fault
+    DATASET = "dataset"                   # the worker cannot read the dataset: the sweep stops
+    INTERRUPTED = "interrupted"           # stopped by the coordinator (Ctrl-C): retried, not a fault
+    COORDINATOR_LOST = "coordinator_lost"  # its coordinator stopped beating: retried, not a fault
+
+    @property
+    def is_fault(self) -> bool:
+        """Counts towards ``recovery.max_retries`` of its configuration."""
+        return self in (Failure.ERROR, Failure.WORKER_LOST)
+
+
 @dataclass(frozen=True)
 class TrialSpec:
-    """Everything a worker needs to train one trial; no storage, no secrets."""
+    """Everything a worker needs to train one trial; no storage, no secrets. Built by ``SweepConfig.trial_spec``."""
 
     number: int
     params: dict[str, Any]
     epochs: int
     seed: int
     metric: str = "val_accuracy"
-    flip: bool = False          # the dataset allows horizontal flips
-    threads: int = 1            # CPU threads TensorFlow may use
+    maximize: bool = True             # the metric's goal: which epoch is best, decided once in the config
+    flip: bool = False                # the dataset allows horizontal flips
+    threads: int = 1                  # CPU threads TensorFlow may use
     checkpoint: bytes | None = None   # resume from this (workers/checkpoint.py) instead of epoch 0
     save_checkpoints: bool = True     # send a checkpoint with every epoch report
     deterministic: bool = False       # TensorFlow op determinism (slower; repeats values exactly)
@@ -96,6 +84,7 @@ class TrialResult:
     epochs_run: int
     reason: str = ""             # why it was pruned or failed
     metrics: dict[str, Any] = field(default_factory=dict)
+    failure: Failure | None = None   # for FAILED: what kind of failure
 
 
 class Reporter(Protocol):

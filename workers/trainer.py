@@ -1,8 +1,12 @@
 """train_trial(spec, data, reporter) -> result: plain Keras ``model.fit`` and one callback.
 
-The callback reports the metric after every epoch and stops training when the
+Three stages: inputs (the model, and the pipeline from ``workers/data.py``),
+fit phases (transfer learning trains frozen, then fine-tunes; a retry resumes
+from its checkpoint), and measurement of the best epoch's weights. The
+callback reports the metric after every epoch and stops training when the
 coordinator answers PRUNE; it adds one small message per epoch, nothing per
-batch. A NaN or infinite loss stops the trial as "diverged".
+batch. A NaN or infinite loss stops the trial as "diverged". Which epoch is
+best follows ``spec.maximize``, decided once in the sweep's config.
 """
 
 from __future__ import annotations
@@ -16,8 +20,8 @@ import numpy as np
 
 from workers import augment, metrics, models
 from workers import checkpoint as ckpt
-from workers.data import Arrays
-from workers.spec import Decision, EpochReport, Reporter, TrialResult, TrialSpec, TrialState
+from workers.data import Arrays, TrainingInputs, training_inputs
+from workers.spec import Decision, EpochReport, Reporter, TrialResult, TrialSpec, TrialState, better
 
 
 def configure_threads(threads: int) -> None:
@@ -56,7 +60,7 @@ def make_optimizer(params: dict[str, Any], total_steps: int = 0) -> Any:
     raise ValueError(f"unknown optimizer {name!r}")
 
 
-def _report_callback(spec: TrialSpec, reporter: Reporter, maximize: bool) -> Any:
+def _report_callback(spec: TrialSpec, reporter: Reporter) -> Any:
     import keras
 
     class ReportCallback(keras.callbacks.Callback):
@@ -99,7 +103,7 @@ def _report_callback(spec: TrialSpec, reporter: Reporter, maximize: bool) -> Any
                 return
             value = logs[spec.metric]
             weights = self.model.get_weights()
-            if self.best is None or (value > self.best if maximize else value < self.best):
+            if better(value, self.best, spec.maximize):
                 self.best, self.best_epoch, self.best_weights = value, epoch + 1, weights
             patience = spec.params.get("early_stopping", 0)
             self.values[epoch + 1] = value
@@ -165,10 +169,9 @@ class _FoldReporter:
         self.best: float | None = None
 
     def report(self, report: EpochReport) -> Decision:
-        maximize = self.spec.metric != "val_loss"
-        if self.best is None or (report.value > self.best if maximize else report.value < self.best):
-            self.best = report.value
-        mean = (sum(self.done) + self.best) / (len(self.done) + 1)
+        best = report.value if self.best is None or better(report.value, self.best, self.spec.maximize) else self.best
+        self.best = best
+        mean = (sum(self.done) + best) / (len(self.done) + 1)
         logs = dict(report.logs, fold=self.fold + 1, fold_value=report.value)
         return self.reporter.report(EpochReport(self.spec.number, self.fold * self.spec.epochs + report.epoch,
                                                 mean, logs, report.checkpoint))
@@ -182,9 +185,11 @@ def _cross_validate(spec: TrialSpec, data: Arrays, reporter: Reporter) -> TrialR
     Metrics are out-of-fold: every training image predicted by the model
     that did not train on it.
     """
+    assert data.fold is not None, "cross-validation needs the folds of dataset.folds"
     k = int(data.fold.max()) + 1
     done: list[float] = []
-    y_true, y_pred = [], []
+    y_true: list[np.ndarray] = []
+    y_pred: list[np.ndarray] = []
     epochs_run, seconds, found = 0, 0.0, {}
     for fold in range(k):
         part = data.split(fold)
@@ -195,6 +200,7 @@ def _cross_validate(spec: TrialSpec, data: Arrays, reporter: Reporter) -> TrialR
             mean = None if result.value is None else (sum(done) + result.value) / (len(done) + 1)
             return TrialResult(spec.number, result.state, mean, epochs_run,
                                f"fold {fold + 1}/{k}: {result.reason}" if result.reason else "")
+        assert predicted is not None            # a complete fold was measured
         done.append(result.value)
         y_true.append(part.y_val)
         y_pred.append(predicted)
@@ -219,37 +225,30 @@ def _train_split(spec: TrialSpec, data: Arrays, reporter: Reporter) -> tuple[Tri
     params = spec.params
     model = models.build(params, data.input_shape, data.n_classes,
                          augment.layers(params["augment"], spec.flip, seed=spec.seed, erasing=params["random_erasing"]))
-    x, y = data.x_train, data.y_train
-    if params["sampling"] == "oversample":
-        x, y = oversample(x, y, spec.seed)
-    smoothing, alpha = params["label_smoothing"], params["mixup_alpha"]
-    one_hot = smoothing > 0 or alpha > 0       # smoothed and mixed targets are distributions, not indices
-    loss = (keras.losses.CategoricalCrossentropy(label_smoothing=smoothing) if one_hot
-            else keras.losses.SparseCategoricalCrossentropy())
-    maximize = spec.metric != "val_loss"
-    callback = _report_callback(spec, reporter, maximize)
-    labels, y_val = y, data.y_val
-    if one_hot:
-        y, y_val = (keras.utils.to_categorical(v, data.n_classes) for v in (y, y_val))
-    weights = class_weights(labels, data.n_classes) if params["class_weight"] == "balanced" else None
-    train = _batches(x, y, params["batch_size"], alpha, spec.seed)
-    steps_per_epoch = (math.ceil(len(y) / params["batch_size"]) if keras.backend.backend() == "tensorflow"
-                       else len(train))      # the PyDataset drops the last, smaller batch
-    phases = _phases(spec.epochs, params["freeze_epochs"] if models.backbone(model) is not None else 0)
-    start = 0
-    if spec.checkpoint:
-        start = ckpt.read_meta(spec.checkpoint)["epoch"]
+    inputs = training_inputs(data, params, spec.seed)
+    callback = _report_callback(spec, reporter)
+    started = time.perf_counter()
+    start = _fit(spec, model, inputs, callback)
+    return _measure(spec, model, data, callback, start, time.perf_counter() - started)
+
+
+def _fit(spec: TrialSpec, model: Any, inputs: TrainingInputs, callback: Any) -> int:
+    """The fit phases from the checkpoint's epoch (0 without one); returns that epoch."""
+    import keras
+
+    params = spec.params
+    start = ckpt.read_meta(spec.checkpoint)["epoch"] if spec.checkpoint else 0
     if spec.checkpoint and start >= spec.epochs:     # interrupted after its last epoch: nothing left to train
         _resume(model, spec.checkpoint, callback, optimizer=False)
-    started = time.perf_counter()
-    for first, last, phase in phases:
+    freeze = params["freeze_epochs"] if models.backbone(model) is not None else 0
+    for first, last, phase in _phases(spec.epochs, freeze):
         if last <= start:
             continue
         models.set_phase(model, params, phase)
         factor = params["fine_tune_lr_factor"] if first > 0 else 1.0     # fine-tuning runs at a lower rate
         model.compile(optimizer=make_optimizer(dict(params, learning_rate=params["learning_rate"] * factor),
-                                               (last - first) * steps_per_epoch),
-                      loss=loss, metrics=["accuracy"],
+                                               (last - first) * inputs.steps_per_epoch),
+                      loss=_loss(inputs.one_hot, params["label_smoothing"]), metrics=["accuracy"],
                       jit_compile=spec.jit_compile or keras.backend.backend() == "jax",   # JAX: always jitted
                       steps_per_execution=spec.steps_per_execution)
         if spec.checkpoint and start >= first:        # the optimizer state only within the phase that saved it
@@ -257,12 +256,17 @@ def _train_split(spec: TrialSpec, data: Arrays, reporter: Reporter) -> tuple[Tri
         callbacks = [callback]
         if params["lr_schedule"] == "plateau":     # before the report callback's stop decisions matter
             callbacks.insert(0, keras.callbacks.ReduceLROnPlateau(monitor=spec.metric, factor=0.5, patience=2,
-                                                                  mode="max" if maximize else "min", verbose=0))
-        model.fit(train, epochs=last, initial_epoch=max(first, start), class_weight=weights,
-                  validation_data=(data.x_val, y_val), callbacks=callbacks, verbose=0, shuffle=False)
+                                                                  mode="max" if spec.maximize else "min", verbose=0))
+        model.fit(inputs.train, epochs=last, initial_epoch=max(first, start), class_weight=inputs.class_weight,
+                  validation_data=inputs.validation, callbacks=callbacks, verbose=0, shuffle=False)
         if callback.stopped:
             break
-    seconds = time.perf_counter() - started
+    return start
+
+
+def _measure(spec: TrialSpec, model: Any, data: Arrays, callback: Any, start: int,
+             seconds: float) -> tuple[TrialResult, np.ndarray | None]:
+    """The best epoch's weights on the validation images: metrics, latency, and the predictions."""
     callback.epochs_run = max(callback.epochs_run, start)
     if callback.best_weights is None:
         return TrialResult(spec.number, callback.state, None, callback.epochs_run, callback.reason), None
@@ -274,60 +278,18 @@ def _train_split(spec: TrialSpec, data: Arrays, reporter: Reporter) -> tuple[Tri
     found = metrics.classification(data.y_val, predicted, data.n_classes)
     found.update(param_count=int(model.count_params()), train_seconds=round(seconds, 3),
                  seconds_per_epoch=round(seconds / max(callback.epochs_run, 1), 4),
-                 latency_ms_per_image=round(1000 * latency, 4), epoch_seconds=callback.epoch_seconds)
-    found.update(start_epoch=start)
+                 latency_ms_per_image=round(1000 * latency, 4), epoch_seconds=callback.epoch_seconds,
+                 start_epoch=start)
     return TrialResult(spec.number, callback.state, callback.best, callback.epochs_run, callback.reason, found), predicted
 
 
-def _batches(x: np.ndarray, y: np.ndarray, batch_size: int, alpha: float, seed: int) -> Any:
-    """The training pipeline: in-memory tensors, reshuffled each epoch, mixup per batch, prefetched.
-
-    The images arrive decoded and resized (once per sweep, in the control
-    plane), so there is nothing to cache per trial. Under JAX (no TensorFlow,
-    so no tf.data) the same batches come from a Keras ``PyDataset``.
-    """
+def _loss(one_hot: bool, smoothing: float) -> Any:
+    """Smoothed and mixed targets are distributions (one-hot), plain ones class indices."""
     import keras
 
-    if keras.backend.backend() != "tensorflow":
-        return _array_batches(x, y, batch_size, alpha, seed)
-    import tensorflow as tf
-
-    ds = (tf.data.Dataset.from_tensor_slices((x, y.astype("float32") if alpha > 0 else y))
-          .shuffle(len(x), seed=seed, reshuffle_each_iteration=True)
-          .batch(batch_size))
-    if alpha > 0:
-        ds = ds.map(lambda a, b: augment.mixup(a, b, alpha), num_parallel_calls=tf.data.AUTOTUNE)
-    return ds.prefetch(tf.data.AUTOTUNE)
-
-
-def _array_batches(x: np.ndarray, y: np.ndarray, batch_size: int, alpha: float, seed: int) -> Any:
-    """tf.data's pipeline above in NumPy, for backends without TensorFlow: a seeded reshuffle each epoch.
-
-    Full batches only: XLA compiles the training step once per batch shape, and a last, smaller
-    batch would cost a second compile; reshuffled each epoch, every image still takes part.
-    """
-    import keras
-
-    class ArrayBatches(keras.utils.PyDataset):
-        def __init__(self) -> None:
-            super().__init__()
-            self.rng = np.random.default_rng(seed)
-            self.order = self.rng.permutation(len(x))
-
-        def __len__(self) -> int:
-            return max(1, len(x) // batch_size)
-
-        def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]:
-            chosen = self.order[index * batch_size:(index + 1) * batch_size]
-            images, labels = x[chosen], y[chosen]
-            if alpha > 0:
-                return augment.mixup_arrays(images, labels.astype("float32"), alpha, self.rng)
-            return images, labels
-
-        def on_epoch_end(self) -> None:
-            self.order = self.rng.permutation(len(x))
-
-    return ArrayBatches()
+    if one_hot:
+        return keras.losses.CategoricalCrossentropy(label_smoothing=smoothing)
+    return keras.losses.SparseCategoricalCrossentropy()
 
 
 def _phases(epochs: int, freeze_epochs: int) -> list[tuple[int, int, str]]:
@@ -337,25 +299,6 @@ def _phases(epochs: int, freeze_epochs: int) -> list[tuple[int, int, str]]:
     if freeze_epochs >= epochs:
         return [(0, epochs, "frozen")]
     return [(0, freeze_epochs, "frozen"), (freeze_epochs, epochs, "fine_tune")]
-
-
-def class_weights(y: np.ndarray, n_classes: int) -> dict[int, float]:
-    """n / (k * count) per class, so every class weighs the same in the loss in total."""
-    counts = np.bincount(y, minlength=n_classes).astype("float64")
-    present = counts > 0
-    weights = np.ones(n_classes)
-    weights[present] = len(y) / (present.sum() * counts[present])
-    return {i: float(w) for i, w in enumerate(weights)}
-
-
-def oversample(x: np.ndarray, y: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Every class drawn up to the largest class's count (its own images repeated, in a seeded order)."""
-    rng = np.random.default_rng(seed)
-    counts = np.bincount(y)
-    chosen = [np.concatenate([idx, rng.choice(idx, counts.max() - len(idx))]) if len(idx) else idx
-              for idx in (np.flatnonzero(y == c) for c in range(len(counts)))]
-    order = rng.permutation(np.concatenate(chosen))
-    return x[order], y[order]
 
 
 def _resume(model: Any, data: bytes, callback: Any, optimizer: bool = True) -> int:
@@ -368,11 +311,11 @@ def _resume(model: Any, data: bytes, callback: Any, optimizer: bool = True) -> i
     callback.epochs_run = state.epoch
     if not optimizer:
         return state.epoch
-    optimizer = model.optimizer
-    optimizer.build(model.trainable_variables)
-    if len(optimizer.variables) != len(state.optimizer):
+    keras_optimizer = model.optimizer
+    keras_optimizer.build(model.trainable_variables)
+    if len(keras_optimizer.variables) != len(state.optimizer):
         raise ValueError(f"checkpoint holds {len(state.optimizer)} optimizer variables, the model has "
-                         f"{len(optimizer.variables)}: it was saved by another configuration")
-    for variable, value in zip(optimizer.variables, state.optimizer):
+                         f"{len(keras_optimizer.variables)}: it was saved by another configuration")
+    for variable, value in zip(keras_optimizer.variables, state.optimizer):
         variable.assign(value)
     return state.epoch

@@ -1,0 +1,56 @@
+"""When to launch another trial, and when a sweep is over: trials to finish, a timeout, GPU hours.
+
+Counts are over the whole study (every coordinator's trials), read afresh
+under the launch lock, so coordinators sharing a study finish exactly
+``n_trials`` configurations between them.
+"""
+
+from __future__ import annotations
+
+from sweeps import space
+from sweeps.config import SweepConfig
+from sweeps.progress import Progress
+from sweeps.recovery import Tally
+
+
+class Budget:
+    """The stored budget of a sweep; ``progress`` carries the stop once one is reached."""
+
+    def __init__(self, config: SweepConfig, progress: Progress) -> None:
+        self.config = config
+        self.progress = progress
+
+    @staticmethod
+    def trials(config: SweepConfig) -> int:
+        """Configurations to finish: ``n_trials``, capped at the grid's size under the grid sampler."""
+        if config.sampler["name"] == "grid":
+            return min(config.n_trials, space.grid_size(config.parameters))
+        return config.n_trials
+
+    def _stop(self, why: str) -> bool:
+        p = self.progress
+        p.stopping, p.last = True, why
+        p.stop_reason = why
+        return False
+
+    def may_launch(self, tally: Tally) -> bool:
+        """Room for one more trial: no stop asked for, no time or GPU budget spent, configurations left."""
+        p, timeout = self.progress, self.config.timeout
+        if p.stopping:
+            return False
+        if timeout is not None and p.elapsed >= timeout:
+            return self._stop(f"timeout of {timeout:g}s reached; letting running trials finish")
+        if p.gpu_budget is not None and p.gpu_hours is not None and p.gpu_hours >= p.gpu_budget:
+            return self._stop(f"GPU-hour budget of {p.gpu_budget:g} reached ({p.gpu_hours:.4f} spent); "
+                              "letting running trials finish")
+        return tally.waiting > 0 or tally.finished + tally.running + tally.waiting < p.n_trials
+
+    def met(self, tally: Tally) -> bool:
+        """Nothing is left to run anywhere (the caller has nothing running itself)."""
+        if self.progress.stopping:
+            return True
+        return tally.running == 0 and not self.may_launch(tally)
+
+    def slots(self, tally: Tally) -> int:
+        """Trial slots worth starting: ``parallel``, or fewer when fewer configurations are left."""
+        return max(1, min(self.config.parallel, self.progress.n_trials - tally.finished))

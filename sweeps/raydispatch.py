@@ -1,0 +1,169 @@
+"""The Ray dispatcher: one long-lived trainer actor per slot, and a broker that relays reports and answers.
+
+Everything the coordinator knows of Ray is here: starting or joining Ray,
+checking that the cluster has the resources a trial asks for, the worker
+processes' environment (the Keras backend), and how Ray's exceptions map to
+typed failures (a lost worker is replaced by a fresh one). Ray is imported
+when the dispatcher starts, not when this module is.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import math
+import os
+from typing import Any
+
+from sweeps.config import SweepConfig
+from sweeps.errors import SweepsError
+from workers import attempt
+from workers.remote import ReportBroker, TrainerWorker
+from workers.spec import Decision, EpochReport, Failure, TrialResult, TrialSpec
+
+
+class RayDispatcher:
+    """Trials on Ray actors with the config's ``resources``, on a private local Ray or the cluster at ``address``.
+
+    ``worker`` is the actor class of a slot: ``TrainerWorker``, or, for the
+    orchestration benchmarks, one with the same ``train(spec, data, broker)``
+    that sleeps instead of training.
+    """
+
+    def __init__(self, config: SweepConfig, address: str | None = None, *, worker: type = TrainerWorker) -> None:
+        self.config = config
+        self.address = address
+        self.worker = worker
+        self.threads = max(1, int(math.floor(config.cpus)))
+        self.actor: Any = None             # the slot actor class, with its resources
+        self.broker: Any = None
+        self.data: Any = None              # the object-store reference every trial reads
+        self.free: list[Any] = []          # idle slot actors
+        self.in_flight: dict[Any, tuple[int, Any]] = {}     # result ref -> (trial number, actor)
+        self.drain: Any = None             # the broker's pending batch of reports
+
+    def start(self, slots: int, data: Any) -> None:
+        import ray
+
+        start_ray(self.address, self.config.backend)
+        check_resources(self.config)
+        self.broker = ray.remote(num_cpus=0)(ReportBroker).remote()
+        self.actor = ray.remote(self.worker).options(num_cpus=self.config.cpus, num_gpus=self.config.gpus,
+                                                     max_restarts=0, **worker_env(self.config.backend))
+        self.free = [self.actor.remote(self.threads) for _ in range(slots)]
+        self.data = ray.put(data)
+
+    def idle(self) -> int:
+        return len(self.free)
+
+    def launch(self, spec: TrialSpec) -> None:
+        actor = self.free.pop()
+        self.in_flight[actor.train.remote(spec, self.data, self.broker)] = (spec.number, actor)
+
+    def poll(self, timeout: float) -> tuple[list[EpochReport], list[TrialResult]]:
+        """Wake on whichever comes first: an epoch report, a finished trial, or ``timeout``."""
+        import ray
+
+        if self.drain is None:
+            self.drain = self.broker.drain.remote(timeout)
+        ready, _ = ray.wait([self.drain, *self.in_flight], num_returns=1)
+        reports: list[EpochReport] = []
+        if self.drain in ready or ray.wait([self.drain], timeout=0)[0]:
+            reports, self.drain = ray.get(self.drain), None
+        done = ray.wait(list(self.in_flight), num_returns=len(self.in_flight), timeout=0)[0] if self.in_flight else []
+        return reports, [self._result(ref) for ref in done]
+
+    def _result(self, ref: Any) -> TrialResult:
+        """A finished trial's result; a lost or broken worker becomes a failed one, and its slot a fresh actor."""
+        import ray
+        from ray.exceptions import RayActorError, RayError, RayTaskError
+
+        number, actor = self.in_flight.pop(ref)
+        try:
+            result: TrialResult = ray.get(ref)
+        except RayActorError as e:
+            result = attempt.failed(number, f"worker lost: {first_line(e)}", Failure.WORKER_LOST)
+            actor = self.actor.remote(self.threads)
+        except RayTaskError as e:
+            result = attempt.failed(number, f"worker error: {first_line(e)}", Failure.ERROR)
+        except RayError as e:   # out of memory, node lost, object lost
+            result = attempt.failed(number, f"worker lost: {first_line(e)}", Failure.WORKER_LOST)
+            ray.kill(actor)
+            actor = self.actor.remote(self.threads)
+        self.broker.release.remote(number)
+        self.free.append(actor)
+        return result
+
+    def decide(self, number: int, epoch: int, decision: Decision) -> None:
+        self.broker.decide.remote(number, epoch, decision)
+
+    def stop_all(self, reason: str, failure: Failure) -> list[TrialResult]:
+        import ray
+
+        stopped = []
+        for number, actor in self.in_flight.values():
+            ray.kill(actor)
+            stopped.append(attempt.failed(number, reason, failure))
+        self.in_flight.clear()
+        return stopped
+
+    def close(self) -> None:
+        import ray
+
+        ray.shutdown()
+
+
+def first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return text[0] if text else type(e).__name__
+
+
+def worker_env(backend: str) -> dict[str, Any]:
+    """Ray actor options that start a trial slot's process on the configured Keras backend.
+
+    JAX allocates GPU memory as it needs it (not 75 % up front), so packed
+    trials share a GPU the way TensorFlow's memory growth lets them.
+    """
+    if backend == "tensorflow":
+        return {}
+    return {"runtime_env": {"env_vars": {"KERAS_BACKEND": backend, "XLA_PYTHON_CLIENT_PREALLOCATE": "false"}}}
+
+
+def start_ray(address: str | None, backend: str = "tensorflow") -> None:
+    """A private local Ray on loopback, or the cluster at ``address``."""
+    import ray
+
+    module, name, extra = {"tensorflow": ("tensorflow", "TensorFlow", "'sweeps[tf]' (or 'sweeps[gpu]')"),
+                           "jax": ("jax", "JAX", "'sweeps[jax]'")}[backend]
+    if not address and (importlib.util.find_spec(module) is None or importlib.util.find_spec("keras") is None):
+        raise SweepsError(f"{name} is not installed here, and the local Ray workers need it to train: "
+                          f"pip install {extra}, or send trials to a cluster that has it with --ray-address")
+
+    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")   # no usage reports home (and a second faster start)
+    kwargs: dict[str, Any] = {"logging_level": logging.ERROR, "log_to_driver": False, "include_dashboard": False,
+                              "configure_logging": True}
+    try:
+        if address:
+            ray.init(address=address, **kwargs)
+        else:
+            ray.init(address="local", _node_ip_address="127.0.0.1", **kwargs)
+    except (ConnectionError, RuntimeError, ValueError) as e:
+        where = address or "a local Ray instance"
+        raise SweepsError(f"cannot start or reach Ray at {where}: {first_line(e)}; check --ray-address "
+                          "or leave it out for a local Ray") from None
+
+
+def check_resources(config: SweepConfig) -> None:
+    """The cluster must hold ``parallel`` trials of ``resources`` each, or the sweep would wait forever."""
+    import ray
+
+    have = ray.cluster_resources()
+    cpus, gpus = config.cpus, config.gpus
+    if gpus > 0 and have.get("GPU", 0) < gpus:
+        raise SweepsError(f"resources.gpus is {gpus:g} but the Ray cluster has {have.get('GPU', 0):g} GPUs; "
+                          "set resources.gpus: 0 or connect to a cluster with GPUs (--ray-address)")
+    need = config.parallel * cpus
+    if have.get("CPU", 0) < need:
+        raise SweepsError(f"parallel {config.parallel} x resources.cpus {cpus:g} needs {need:g} CPUs but the "
+                          f"Ray cluster has {have.get('CPU', 0):g}; lower parallel or resources.cpus")

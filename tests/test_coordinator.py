@@ -1,0 +1,248 @@
+"""The coordinator's rules, fast: the in-process dispatcher, a scripted trainer, a real Optuna study on SQLite.
+
+No Ray and no TensorFlow here: each test runs a whole sweep (launch, relay,
+prune, retry, interrupt, resume) in well under a second. The same rules on
+real Ray, real PostgreSQL and real Keras are covered end to end in
+``test_sweep.py`` and ``test_recovery.py``.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pytest
+
+from sweeps import study as schema
+from sweeps.config import SweepConfig, from_dict
+from sweeps.coordinator import resume_sweep, run_sweep
+from sweeps.dispatch import InlineDispatcher
+from sweeps.errors import SweepsError
+from sweeps.storage import open_storage
+from tests.helpers import TINY_SPACE
+from tests.scripted import Scripted
+from workers import attempt
+from workers.spec import Decision, Failure, TrialResult, TrialSpec, TrialState
+
+TS = optuna.trial.TrialState
+
+
+def _config(tmp_path: Path, **changes: Any) -> SweepConfig:
+    raw = {**TINY_SPACE, "epochs": 4, "pruner": {"name": "none"},
+           "parameters": {"learning_rate": {"values": [1e-6, 1e-4, 1e-2, 1e-1]}, "batch_size": 64,
+                          "optimizer": {"values": ["adam", "sgd"]},
+                          "momentum": {"low": 0.8, "high": 0.95, "when": {"optimizer": "sgd"}}},
+           "checkpoints": {"store": str(tmp_path / "store")}, **changes}
+    return from_dict(raw, source="test")
+
+
+def _run(tmp_path: Path, script: Scripted, **changes: Any) -> tuple[dict[str, Any], InlineDispatcher]:
+    dispatcher = InlineDispatcher(script)
+    summary = run_sweep(_config(tmp_path, **changes), f"sqlite:///{tmp_path}/s.db", dispatcher=dispatcher)
+    return summary, dispatcher
+
+
+def _trials(tmp_path: Path, name: str = "tiny") -> list[optuna.trial.FrozenTrial]:
+    return optuna.load_study(study_name=name, storage=f"sqlite:///{tmp_path}/s.db").get_trials()
+
+
+def _configurations(trials: list[optuna.trial.FrozenTrial]) -> dict[str, int]:
+    """Finished configurations by state: a failure that has a retry does not count, its retry does."""
+    replaced = {t.user_attrs[schema.RETRY_OF] for t in trials if schema.RETRY_OF in t.user_attrs}
+    out = {s.name: 0 for s in TS}
+    for t in trials:
+        if not (t.state == TS.FAIL and t.number in replaced):
+            out[t.state.name] += 1
+    return out
+
+
+def _curves_continuous(trials: list[optuna.trial.FrozenTrial]) -> None:
+    for t in trials:
+        if t.state in (TS.COMPLETE, TS.PRUNED):
+            assert sorted(t.intermediate_values) == list(range(1, t.user_attrs[schema.EPOCHS_RUN] + 1)), t.number
+
+
+def test_launch_keeps_parallel_trials_in_flight_and_stores_each_epoch_and_spec(tmp_path: Path) -> None:
+    script = Scripted(delay=0.01)
+    summary, dispatcher = _run(tmp_path, script, budget={"n_trials": 5}, parallel=2)
+    trials = _trials(tmp_path)
+    assert summary["budget_met"] and summary["complete"] == 5 and len(trials) == 5
+    assert all(t.state == TS.COMPLETE for t in trials)
+    assert script.most_running == 2, "two trials should run at once"
+    _curves_continuous(trials)
+    specs = {s.number: s for s in dispatcher.launched}
+    for t in trials:
+        spec = specs[t.number]
+        assert spec.params["learning_rate"] == t.params["learning_rate"] and spec.params["batch_size"] == 64
+        assert spec.params["augment"] == 0.0                          # a default filled in by the spec builder
+        assert spec.seed == t.user_attrs[schema.SEED] == schema.trial_seed(0, t.number)
+        assert t.user_attrs[schema.FIXED_PARAMS] == {"batch_size": 64}
+        assert t.user_attrs[schema.COORDINATOR].endswith(f":{os.getpid()}")
+        assert ("momentum" in t.params) == (t.params["optimizer"] == "sgd")     # conditions hold
+    assert summary["best_value"] == max(t.value for t in trials)
+
+
+def test_prune_decisions_reach_the_worker_and_stop_it(tmp_path: Path) -> None:
+    script = Scripted()
+    _run(tmp_path, script, budget={"n_trials": 8}, parallel=1, sampler={"name": "random", "seed": 1},
+         pruner={"name": "median", "n_startup_trials": 1, "n_warmup_steps": 0},
+         parameters={"learning_rate": {"values": [1e-6, 1e-2]}, "optimizer": {"values": ["adam", "sgd"]},
+                     "momentum": {"low": 0.8, "high": 0.95, "when": {"optimizer": "sgd"}}})
+    trials = _trials(tmp_path)
+    pruned = [t for t in trials if t.state == TS.PRUNED]
+    assert pruned, "the bad learning rates should be pruned"
+    first_complete = min(t.number for t in trials if t.state == TS.COMPLETE)
+    for t in trials:
+        bad = t.params["learning_rate"] == 1e-6 and t.number > first_complete
+        assert (t.state == TS.PRUNED) == bad, (t.number, t.params, t.state)
+    for t in pruned:
+        assert t.user_attrs[schema.EPOCHS_RUN] < 4 and t.user_attrs[schema.REASON].startswith("pruned after epoch")
+        assert script.decisions[t.number][-1] == Decision.PRUNE          # the worker got the answer and stopped
+        assert len(script.decisions[t.number]) == t.user_attrs[schema.EPOCHS_RUN]
+    _curves_continuous(trials)
+
+
+def test_a_failed_trial_is_retried_from_its_checkpoint_with_the_same_seed(tmp_path: Path) -> None:
+    def fail_once(spec: TrialSpec, epoch: int) -> None:
+        if spec.number == 0 and epoch == 3:
+            raise RuntimeError("out of luck")
+
+    script = Scripted(on_epoch=fail_once)
+    summary, dispatcher = _run(tmp_path, script, budget={"n_trials": 2}, parallel=1)
+    trials = _trials(tmp_path)
+    failed = trials[0]
+    assert failed.state == TS.FAIL and failed.user_attrs[schema.REASON].startswith("RuntimeError: out of luck (")
+    assert failed.user_attrs[schema.FAILURE] == Failure.ERROR.value
+    [retry] = [t for t in trials if t.user_attrs.get(schema.RETRY_OF) == 0]
+    assert retry.state == TS.COMPLETE and retry.params == failed.params
+    assert retry.user_attrs[schema.SEED] == failed.user_attrs[schema.SEED]
+    assert retry.user_attrs[schema.FAULTS] == 1 and retry.user_attrs[schema.START_EPOCH] == 2
+    assert script.first_epoch[retry.number] == 3, "the retry trains on from its checkpoint's epoch"
+    assert sorted(retry.intermediate_values) == [1, 2, 3, 4]      # epochs 1-2 carried over from the checkpoint
+    assert summary["complete"] == 2 and summary["retried"] == 1 and summary["failed"] == 0
+
+
+def test_a_lost_worker_is_retried_until_max_retries_then_counts_once(tmp_path: Path) -> None:
+    def lost(spec: TrialSpec, epoch: int) -> TrialResult | None:
+        if spec.params["learning_rate"] == 1e-1 and epoch == 2:
+            return attempt.failed(spec.number, "worker lost: killed", Failure.WORKER_LOST, epoch - 1)
+        return None
+
+    _run(tmp_path, Scripted(on_epoch=lost), budget={"n_trials": 4}, parallel=2, sampler={"name": "grid"},
+         parameters={"learning_rate": {"values": [1e-4, 1e-3, 1e-2, 1e-1]}}, recovery={"max_retries": 2})
+    trials = _trials(tmp_path)
+    doomed = [t for t in trials if t.params["learning_rate"] == 1e-1]
+    assert [t.user_attrs.get(schema.ATTEMPT, 1) for t in doomed] == [1, 2, 3]        # max_retries 2: three attempts
+    assert all(t.state == TS.FAIL and t.user_attrs[schema.FAILURE] == "worker_lost" for t in doomed)
+    assert _configurations(trials) == {**{s.name: 0 for s in TS}, "COMPLETE": 3, "FAIL": 1}
+
+
+def test_first_ctrl_c_lets_running_trials_finish_and_resume_meets_the_budget(tmp_path: Path) -> None:
+    def ctrl_c(spec: TrialSpec, epoch: int) -> None:
+        if spec.number == 0 and epoch == 2:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    summary, _ = _run(tmp_path, Scripted(on_epoch=ctrl_c, delay=0.01), budget={"n_trials": 5}, parallel=2)
+    assert summary["interrupted"] and not summary["budget_met"]
+    trials = _trials(tmp_path)
+    assert len(trials) == 2 and all(t.state == TS.COMPLETE for t in trials), "running trials finish, none start"
+    again = resume_sweep("tiny", f"sqlite:///{tmp_path}/s.db", dispatcher=InlineDispatcher(Scripted()))
+    assert again["budget_met"] and "interrupted" not in again
+    assert _configurations(_trials(tmp_path))["COMPLETE"] == 5 and len(_trials(tmp_path)) == 5
+
+
+def test_second_ctrl_c_records_interrupted_and_resume_continues_from_checkpoints(tmp_path: Path) -> None:
+    def ctrl_c_twice(spec: TrialSpec, epoch: int) -> None:
+        if spec.number == 0 and epoch == 3:
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.1)                      # two signals at once would reach Python's handler once
+            os.kill(os.getpid(), signal.SIGINT)
+
+    summary, _ = _run(tmp_path, Scripted(on_epoch=ctrl_c_twice), budget={"n_trials": 2}, parallel=1)
+    assert summary["interrupted"]
+    [stopped, queued] = _trials(tmp_path)
+    assert stopped.state == TS.FAIL and stopped.user_attrs[schema.REASON] == "interrupted (Ctrl-C)"
+    assert stopped.user_attrs[schema.FAILURE] == Failure.INTERRUPTED.value
+    assert queued.state == TS.WAITING and queued.user_attrs[schema.RETRY_OF] == 0
+    script = Scripted()
+    resume_sweep("tiny", f"sqlite:///{tmp_path}/s.db", dispatcher=InlineDispatcher(script))
+    trials = _trials(tmp_path)
+    retry = trials[1]
+    start = retry.user_attrs[schema.START_EPOCH]         # the last checkpoint stored before the stop
+    assert retry.state == TS.COMPLETE and start >= 2 and script.first_epoch[1] == start + 1
+    assert retry.user_attrs[schema.FAULTS] == 0          # Ctrl-C is not the configuration's fault
+    assert _configurations(trials)["COMPLETE"] == 2
+    _curves_continuous(trials)
+
+
+def test_the_budget_counts_configurations_exactly(tmp_path: Path) -> None:
+    """Complete, pruned, diverged, failed for good and retried: exactly n_trials configurations finish."""
+    def faults(spec: TrialSpec, epoch: int) -> TrialResult | None:
+        lr = spec.params["learning_rate"]
+        if lr == 1e-1 and epoch == 2:          # fails every attempt
+            raise ValueError("bad configuration")
+        if lr == 1e-6 and epoch == 1:          # diverged: pruned, never retried
+            return TrialResult(spec.number, TrialState.PRUNED, None, 1, "diverged: loss became nan in epoch 1")
+        return None
+
+    summary, _ = _run(tmp_path, Scripted(on_epoch=faults), budget={"n_trials": 7}, parallel=2,
+                      sampler={"name": "random", "seed": 4}, recovery={"max_retries": 1})
+    trials = _trials(tmp_path)
+    counts = _configurations(trials)
+    assert counts["COMPLETE"] + counts["PRUNED"] + counts["FAIL"] == 7 and counts["RUNNING"] == counts["WAITING"] == 0
+    assert summary["complete"] + summary["pruned"] + summary["failed"] == 7
+    diverged = [t for t in trials if t.params["learning_rate"] == 1e-6]
+    assert diverged and all(t.state == TS.PRUNED and t.user_attrs[schema.REASON].startswith("diverged")
+                            for t in diverged)
+    assert not [t for t in trials if t.user_attrs.get(schema.RETRY_OF) in {d.number for d in diverged}]
+
+
+def test_two_coordinators_share_one_budget_exactly(pg_url: str, tmp_path: Path) -> None:
+    name = f"shared-{os.getpid()}-{tmp_path.name}"[:60]
+    config = _config(tmp_path, study=name, budget={"n_trials": 8}, parallel=1, sampler={"name": "tpe", "seed": 2})
+    first, second = InlineDispatcher(Scripted(delay=0.01)), InlineDispatcher(Scripted(delay=0.01))
+    errors: list[BaseException] = []
+    started = threading.Event()
+
+    def resume() -> None:
+        try:
+            started.wait(30)
+            resume_sweep(name, pg_url, dispatcher=second)
+        except BaseException as e:          # reported by the main thread
+            errors.append(e)
+
+    def note(progress: Any) -> None:
+        if progress.last.startswith("trial "):
+            started.set()
+
+    other = threading.Thread(target=resume)
+    other.start()
+    run_sweep(config, pg_url, dispatcher=first, on_progress=note)
+    other.join(60)
+    assert not errors, errors
+    trials = optuna.load_study(study_name=name, storage=open_storage(pg_url)).get_trials()
+    assert len(trials) == 8 and all(t.state == TS.COMPLETE for t in trials)
+    launched = [s.number for s in first.launched] + [s.number for s in second.launched]
+    assert sorted(launched) == list(range(8)), "each trial launched once, by one of the two"
+    assert first.launched and second.launched, "both coordinators should have run trials"
+
+
+def test_an_unreadable_dataset_stops_the_sweep_and_leaves_retries_queued(tmp_path: Path) -> None:
+    def unreadable(spec: TrialSpec, epoch: int) -> TrialResult | None:
+        if spec.number == 1:
+            return attempt.failed(1, "dataset not readable on this worker: no folder /data", Failure.DATASET)
+        return None
+
+    with pytest.raises(SweepsError, match=r"trial 1: dataset not readable .*`sweeps resume` continues"):
+        _run(tmp_path, Scripted(on_epoch=unreadable, delay=0.05), budget={"n_trials": 4}, parallel=2)
+    trials = _trials(tmp_path)
+    assert not [t for t in trials if t.state == TS.RUNNING]
+    failed = [t for t in trials if t.state == TS.FAIL]
+    assert {t.number for t in failed} == {0, 1}
+    assert {t.user_attrs[schema.RETRY_OF] for t in trials if t.state == TS.WAITING} == {0, 1}
+    assert all(t.user_attrs[schema.FAULTS] == 0 for t in trials if t.state == TS.WAITING)   # not the trials' fault

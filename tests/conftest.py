@@ -9,6 +9,7 @@ creates its own database and drops it at the end.
 from __future__ import annotations
 
 import os
+import subprocess
 import time
 import uuid
 from collections.abc import Iterator
@@ -63,20 +64,26 @@ def pg_url() -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
-def ray_head(_private_data_home: None) -> Iterator[str]:
-    """The address of one Ray head (2 CPUs) for the whole session, stopped at its end.
+def ray_head_node(_private_data_home: None) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
+    """One Ray head (2 CPUs) for the whole session, stopped at its end: its process and its address.
 
-    Sweeps that do not look for their trainer processes, read the Ray session's
-    logs or give their workers an environment of their own run on it with
-    --ray-address: a private local Ray costs about 6 s to start and stop per
-    sweep. Its workers inherit this process's environment (and so the private
-    XDG_DATA_HOME).
+    Sweeps that do not read the Ray session's logs or give their workers an
+    environment of their own run on it with --ray-address: a private local Ray
+    costs about 6 s to start and stop per sweep. Its workers inherit this
+    process's environment (and so the private XDG_DATA_HOME). The trainer
+    processes of its sweeps are in its process tree.
     """
     from tests import raynodes
 
     os.environ["RAY_AUTH_MODE"] = "disabled"     # for in-process clients (the head has no token)
     proc, address = raynodes.head(cpus=2, env={"TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONUNBUFFERED": "1"})
     try:
-        yield address
+        yield proc, address
     finally:
         raynodes.stop(proc)
+
+
+@pytest.fixture(scope="session")
+def ray_head(ray_head_node: tuple[subprocess.Popen[bytes], str]) -> str:
+    """The address of the session's Ray head (``ray_head_node``)."""
+    return ray_head_node[1]

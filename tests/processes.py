@@ -10,11 +10,11 @@ from typing import Any
 import psutil
 
 
-def trainer_processes(proc: subprocess.Popen[Any] | None = None) -> list[psutil.Process]:
-    """Ray worker processes training a trial right now: those under ``proc`` (a coordinator that started its
-    own Ray), or anywhere on this machine (trials on a Ray head that the test session started)."""
+def trainer_processes(proc: subprocess.Popen[Any]) -> list[psutil.Process]:
+    """Ray worker processes training a trial right now under ``proc``: a coordinator that started its own Ray,
+    or a Ray head that runs the trials of coordinators connected to it."""
     found = []
-    for child in psutil.Process(proc.pid).children(recursive=True) if proc else psutil.process_iter():
+    for child in psutil.Process(proc.pid).children(recursive=True):
         try:
             if "TrainerWorker.train" in " ".join(child.cmdline()):
                 found.append(child)

@@ -2,7 +2,7 @@
 
 Used for the session's shared Ray head (conftest.py), which most end-to-end sweeps
 reach with --ray-address instead of each starting and stopping a private local Ray,
-and by the cluster tests for heads and nodes of their own.
+and by the cluster tests for a second node that joins it.
 """
 
 from __future__ import annotations

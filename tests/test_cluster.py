@@ -19,32 +19,29 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def two_nodes() -> Iterator[str]:
-    """A head with one CPU and one GPU (declared: Ray's real GPU accounting, trials on the CPU), and a
-    second node with one CPU."""
-    head, address = raynodes.head(gpus=1, cpus=1)
-    worker = None
+def two_nodes(ray_head: str) -> Iterator[str]:
+    """The session's Ray head (2 CPUs) and, for this module, a second node with 2 CPUs and one GPU (declared:
+    Ray's real GPU accounting, trials on the CPU), stopped by its own handle at the end."""
+    before = raynodes.nodes_up(ray_head)
+    worker = raynodes.node(f"--address={ray_head}", cpus=2, gpus=1)
     try:
-        worker = raynodes.node(f"--address={address}")
-        wait_for(lambda: raynodes.nodes_up(address) >= 2, "the second Ray node to join", timeout=90, proc=worker,
-                 interval=1)
-        yield address
+        wait_for(lambda: raynodes.nodes_up(ray_head) > before, "the second Ray node to join", timeout=90,
+                 proc=worker, interval=1)
+        yield ray_head
     finally:
-        if worker is not None:
-            raynodes.stop(worker)
-        raynodes.stop(head)
+        raynodes.stop(worker)
 
 
 def test_sweep_through_a_ray_head_lands_on_both_nodes(two_nodes: str, pg_url: str, tmp_path: Path) -> None:
     space = write_space(tmp_path, study="cluster", budget={"n_trials": 4}, parallel=2, epochs=2,
-                        pruner={"name": "none"})
+                        resources={"cpus": 2}, pruner={"name": "none"})       # 2 CPUs a trial: one per node
     result = run_cli("run", str(space), "--storage", pg_url, "--ray-address", two_nodes, cwd=tmp_path,
                      timeout=400)
     assert result.returncode == 0, result.stderr[-3000:]
     trials = optuna.load_study(study_name="cluster", storage=driver_url(pg_url)).get_trials()
     assert len(trials) == 4 and all(t.state == optuna.trial.TrialState.COMPLETE for t in trials)
     nodes = {t.user_attrs["node"] for t in trials}
-    assert len(nodes) == 2, nodes                      # one trial slot per one-CPU node: both used
+    assert len(nodes) == 2, nodes                      # one two-CPU trial slot per two-CPU node: both used
     assert all(t.user_attrs["node_ip"] for t in trials)       # Ray picks the address it registers itself
     assert len({t.user_attrs["host"] for t in trials}) == 1    # two nodes, one machine
     assert {t.user_attrs["device"] for t in trials} == {"CPU"}

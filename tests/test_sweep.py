@@ -17,7 +17,7 @@ import sqlalchemy
 
 from sweeps.storage import driver_url
 from sweeps.trained import evaluate, load_trained
-from tests.helpers import SWEEP_PARAMETERS, free_port, run_cli, start_cli, wait_for, write_space
+from tests.helpers import SWEEP_PARAMETERS, cli_here, free_port, run_cli, start_cli, wait_for, write_space
 
 pytestmark = pytest.mark.slow
 BIN = Path(sys.executable).parent
@@ -32,7 +32,8 @@ def _check_every_epoch_stored(trials: list[optuna.trial.FrozenTrial]) -> None:
         assert steps == list(range(1, t.user_attrs["epochs_run"] + 1)), (t.number, steps)
 
 
-def test_postgresql_sweep_two_in_parallel_workers_never_connect(pg_url: str, ray_head: str, tmp_path: Path) -> None:
+def test_postgresql_sweep_two_in_parallel_workers_never_connect(pg_url: str, ray_head: str, tmp_path: Path,
+                                                               capsys: pytest.CaptureFixture) -> None:
     space = write_space(tmp_path, study="pg-sweep", budget={"n_trials": 4}, parallel=2)
     db = pg_url.rsplit("/", 1)[1]
     server_port = sqlalchemy.engine.make_url(pg_url).port or 5432
@@ -86,16 +87,16 @@ def test_postgresql_sweep_two_in_parallel_workers_never_connect(pg_url: str, ray
     assert listed.returncode == 0, listed.stderr
     assert len(json.loads(listed.stdout)) == 4
 
-    status = json.loads(run_cli("status", "pg-sweep", "--storage", pg_url, "--json").stdout)
+    status = json.loads(cli_here(capsys, "status", "pg-sweep", "--storage", pg_url, "--json")[1])
     assert status["counts"]["COMPLETE"] + status["counts"]["PRUNED"] + status["counts"]["FAIL"] == 4
-    best = json.loads(run_cli("best", "pg-sweep", "--storage", pg_url, "--json").stdout)
+    best = json.loads(cli_here(capsys, "best", "pg-sweep", "--storage", pg_url, "--json")[1])
     assert best["value"] == pytest.approx(study.best_value) and best["params"] == study.best_params
-    listing = json.loads(run_cli("ls", "--storage", pg_url, "--json").stdout)
+    listing = json.loads(cli_here(capsys, "ls", "--storage", pg_url, "--json")[1])
     listed_studies = {r["study"]: r for r in listing}          # the session's database is shared with other tests
     assert listed_studies["pg-sweep"]["n_trials"] == 4
     assert listed_studies["pg-sweep"]["best_value"] == pytest.approx(study.best_value)
-    again = run_cli("run", str(space), "--storage", pg_url, cwd=tmp_path)
-    assert again.returncode == 2 and "already exists" in again.stderr and "sweeps resume pg-sweep" in again.stderr
+    code, _, err = cli_here(capsys, "run", str(space), "--storage", pg_url)
+    assert code == 2 and "already exists" in err and "sweeps resume pg-sweep" in err
 
     port = free_port()
     dashboard = subprocess.Popen([str(BIN / "optuna-dashboard"), "--host", "127.0.0.1", "--port", str(port),
@@ -131,11 +132,11 @@ def test_cross_validated_folder_sweep_reads_images_by_path_decoded_once(tmp_path
             Image.fromarray(pixels).save(tmp_path / "images" / cls / f"{i}.png")
     url = f"sqlite:///{tmp_path}/sweeps.db"          # the default storage: sweeps.db in the current folder
     write_space(tmp_path, dataset={"name": "folder", "path": "images", "image_size": [12, 12], "folds": 2},
-                epochs=2, budget={"n_trials": 3}, pruner={"name": "none"})
+                epochs=2, budget={"n_trials": 2}, parallel=1, pruner={"name": "none"})
     done = run_cli("run", "space.yaml", "--quiet", cwd=tmp_path, timeout=600, XDG_CACHE_HOME=str(tmp_path / "cache"))
     assert done.returncode == 0, done.stderr
     trials = optuna.load_study(study_name="tiny", storage=url).trials
-    assert [t.state for t in trials] == [optuna.trial.TrialState.COMPLETE] * 3
+    assert [t.state for t in trials] == [optuna.trial.TrialState.COMPLETE] * 2
     for t in trials:
         assert sorted(t.intermediate_values) == [1, 2, 3, 4]        # 2 folds x 2 epochs
         folds = t.user_attrs["fold_values"]

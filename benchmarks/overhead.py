@@ -69,8 +69,8 @@ class SleepWorker:
 
 def ours(url: str, trials: int, parallel: int, sleep: float) -> dict[str, Any]:
     from sweeps.config import from_dict
-    from sweeps.coordinator import run_sweep
     from sweeps.raydispatch import RayDispatcher
+    from sweeps.runner import run_sweep
 
     (lr_low, lr_high), (d_low, d_high), sizes = SPACE.values()
     config = from_dict({

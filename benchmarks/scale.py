@@ -47,8 +47,8 @@ def main() -> None:
     args = parser.parse_args()
 
     from sweeps.config import from_dict
-    from sweeps.coordinator import run_sweep
     from sweeps.raydispatch import RayDispatcher
+    from sweeps.runner import run_sweep
 
     config = from_dict({
         "study": "scale", "dataset": {"name": "digits"}, "epochs": 1, "seed": 0,

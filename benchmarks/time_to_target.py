@@ -59,7 +59,7 @@ def _config(seed: int, sampler: str, pruner: dict[str, Any], study: str) -> Any:
 
 def run_ours(seed: int, target: float, cap: float, *, random: bool = False) -> dict[str, Any]:
     """The coordinator in this process; a thread watches the study's stored epochs for the target."""
-    from sweeps.coordinator import run_sweep
+    from sweeps.runner import run_sweep
 
     pruner = {"name": "none"} if random else {"name": "asha", "min_resource": 4, "reduction_factor": 3}
     config = _config(seed, "random" if random else "tpe", pruner, f"t2t-{seed}")

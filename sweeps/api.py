@@ -77,22 +77,22 @@ def run_sweep(config: SweepConfig | dict[str, Any] | str | os.PathLike[str], sto
 
     Trials run on Ray (a private local one, or the cluster at ``ray_address``) unless a ``dispatcher`` is given.
     """
-    from sweeps import coordinator
+    from sweeps import runner
 
     cfg = _config(config).replace(study=study, n_trials=n_trials, timeout=timeout, parallel=parallel)
-    summary = coordinator.run_sweep(cfg, storage, ray_address=ray_address, on_progress=on_progress,
+    summary = runner.run_sweep(cfg, storage, ray_address=ray_address, on_progress=on_progress,
                                     dispatcher=dispatcher)
     return _loaded(cfg.study, storage, summary)
 
 
 def resume_sweep(name: str, storage: str | None = None, *, n_trials: int | None = None,
-                 ray_address: str | None = None, on_progress: ProgressCallback | None = None,
-                 dispatcher: Dispatcher | None = None) -> Sweep:
+                 max_failed_trials: int | None = None, ray_address: str | None = None,
+                 on_progress: ProgressCallback | None = None, dispatcher: Dispatcher | None = None) -> Sweep:
     """Continue a stored sweep until its budget is met (any machine that reaches the database)."""
-    from sweeps import coordinator
+    from sweeps import runner
 
-    summary = coordinator.resume_sweep(name, storage, n_trials=n_trials, ray_address=ray_address,
-                                       on_progress=on_progress, dispatcher=dispatcher)
+    summary = runner.resume_sweep(name, storage, n_trials=n_trials, max_failed_trials=max_failed_trials,
+                                  ray_address=ray_address, on_progress=on_progress, dispatcher=dispatcher)
     return _loaded(name, storage, summary)
 
 

@@ -7,10 +7,13 @@ under the launch lock, so coordinators sharing a study finish exactly
 
 from __future__ import annotations
 
+from optuna.trial import FrozenTrial, TrialState
+
 from sweeps import space
 from sweeps.config import SweepConfig
 from sweeps.progress import Progress
 from sweeps.recovery import Tally
+from sweeps.study import REASON
 
 
 class Budget:
@@ -19,6 +22,7 @@ class Budget:
     def __init__(self, config: SweepConfig, progress: Progress) -> None:
         self.config = config
         self.progress = progress
+        self.failed_out = False           # stopped by budget.max_failed_trials
 
     @staticmethod
     def trials(config: SweepConfig) -> int:
@@ -34,10 +38,14 @@ class Budget:
         return False
 
     def may_launch(self, tally: Tally) -> bool:
-        """Room for one more trial: no stop asked for, no time or GPU budget spent, configurations left."""
+        """Room for one more trial: no stop asked for, no time, GPU or failure budget spent, configurations left."""
         p, timeout = self.progress, self.config.timeout
         if p.stopping:
             return False
+        if tally.failed >= self.config.failure_limit:
+            self.failed_out = True
+            return self._stop(f"{tally.failed} trials failed for good (budget.max_failed_trials: "
+                              f"{self.config.failure_limit}); letting running trials finish")
         if timeout is not None and p.elapsed >= timeout:
             return self._stop(f"timeout of {timeout:g}s reached; letting running trials finish")
         if p.gpu_budget is not None and p.gpu_hours is not None and p.gpu_hours >= p.gpu_budget:
@@ -50,6 +58,20 @@ class Budget:
         if self.progress.stopping:
             return True
         return tally.running == 0 and not self.may_launch(tally)
+
+    def failed_sweep(self, trials: list[FrozenTrial]) -> str | None:
+        """Why the sweep failed as a whole, when it did: the failure budget spent, or every trial failed."""
+        p, name, limit = self.progress, self.config.study, self.config.failure_limit
+        if self.failed_out:
+            what = f"stopped: {p.failed} trials failed for good (budget.max_failed_trials: {limit})"
+            fix = f"fix the cause, then `sweeps resume {name} --max-failed-trials {p.failed + limit}`"
+        elif p.failed and not (p.complete or p.pruned):
+            what, fix = f"every trial failed ({p.failed})", "fix the cause and run the sweep again"
+        else:
+            return None
+        fails = [t for t in trials if t.state == TrialState.FAIL]
+        last = fails[-1].user_attrs.get(REASON, "no reason stored") if fails else "none stored"
+        return f"sweep {name} {what}; the last failure: {last}; {fix}"
 
     def slots(self, tally: Tally) -> int:
         """Trial slots worth starting: ``parallel``, or fewer when fewer configurations are left."""

@@ -66,6 +66,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("study", help="study name")
     _storage_option(p)
     p.add_argument("--n-trials", type=int, metavar="N", help="raise (or lower) the stored budget")
+    p.add_argument("--max-failed-trials", type=int, metavar="N",
+                   help="allow this many configurations to fail for good before the sweep stops")
     p.add_argument("--ray-address", metavar="ADDR", help="an existing Ray cluster (default: a private local one)")
     _output_options(p, "the summary")
 
@@ -145,7 +147,8 @@ def _resume(args: argparse.Namespace) -> int:
 
     with LiveProgress(quiet=args.quiet or args.json) as progress:
         sweep = resume_sweep(args.study, args.storage, n_trials=args.n_trials,
-                             ray_address=args.ray_address, on_progress=progress)
+                             max_failed_trials=args.max_failed_trials, ray_address=args.ray_address,
+                             on_progress=progress)
     assert sweep.summary is not None          # this call ran the sweep
     return _print_summary(sweep.summary, args.json)
 
@@ -163,8 +166,8 @@ def _print_summary(s: dict[str, Any], as_json: bool) -> int:
             print(f"GPU time: {s['gpu_hours']:.4f} of {s['gpu_hours_budget']:g} GPU hours")
         if s.get("interrupted"):
             print(f"interrupted; continue with `sweeps resume {s['study']}`")
-    if s.get("interrupted"):
-        return 130
+    if s.get("interrupted"):        # 128 + the signal's number, as shells report it
+        return {"SIGTERM": 143, "SIGHUP": 129}.get(s.get("signal", ""), 130)
     return 0
 
 

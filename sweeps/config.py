@@ -72,6 +72,7 @@ class SweepConfig:
     steps_per_execution: int = 1          # batches per compiled call: less overhead for small models
     backend: str = "tensorflow"           # Keras backend of the workers: tensorflow or jax
     gpu_hours: float | None = None        # budget: no trial starts once this much GPU time is spent
+    max_failed_trials: int | None = None  # budget: stop once this many configurations failed for good (None: auto)
 
     def to_dict(self) -> dict[str, Any]:
         """The resolved config, in the YAML's own shape (JSON-safe)."""
@@ -88,7 +89,8 @@ class SweepConfig:
             "backend": self.backend,
             "sampler": dict(self.sampler),
             "pruner": dict(self.pruner),
-            "budget": {"n_trials": self.n_trials, "timeout": self.timeout, "gpu_hours": self.gpu_hours},
+            "budget": {"n_trials": self.n_trials, "timeout": self.timeout, "gpu_hours": self.gpu_hours,
+                       "max_failed_trials": self.max_failed_trials},
             "parallel": self.parallel,
             "resources": {"cpus": self.cpus, "gpus": self.gpus},
             "recovery": {"max_retries": self.max_retries, "heartbeat_interval": self.heartbeat_interval,
@@ -96,6 +98,12 @@ class SweepConfig:
             "checkpoints": {"store": self.checkpoint_store, "keep_best": self.keep_best},
             "parameters": {name: p.to_dict() for name, p in self.parameters.items()},
         }
+
+    @property
+    def failure_limit(self) -> int:
+        """Configurations that may fail for good before the sweep stops: ``max_failed_trials``, else a
+        quarter of ``n_trials`` and at least 3."""
+        return self.max_failed_trials or max(3, self.n_trials // 4)
 
     @property
     def maximize(self) -> bool:
@@ -124,8 +132,9 @@ class SweepConfig:
             d["study"] = changes["study"]
         if changes.get("n_trials") is not None:
             d["budget"]["n_trials"] = changes["n_trials"]
-        if changes.get("timeout") is not None:
-            d["budget"]["timeout"] = changes["timeout"]
+        for key in ("timeout", "max_failed_trials"):
+            if changes.get(key) is not None:
+                d["budget"][key] = changes[key]
         if changes.get("parallel") is not None:
             d["parallel"] = changes["parallel"]
         if changes.get("checkpoint_store") is not None:

@@ -29,12 +29,11 @@ from sweeps import storage as db
 from sweeps import study as schema
 from sweeps.artifacts import artifact_store, upload_confusion_matrix
 from sweeps.budget import Budget
-from sweeps.checkpoints import CheckpointStore, Retention, default_location
-from sweeps.config import ConfigError, SweepConfig
+from sweeps.checkpoints import CheckpointStore, Retention
+from sweeps.config import SweepConfig
 from sweeps.dispatch import Dispatcher
-from sweeps.errors import SweepsError
+from sweeps.errors import SweepFailed, SweepsError, first_line
 from sweeps.progress import Progress, ProgressCallback
-from sweeps.storage import resolve_url
 from workers import data as datasets
 from workers.checkpoint import read_meta
 from workers.spec import Decision, EpochReport, Failure, TrialResult, TrialSpec, TrialState
@@ -43,45 +42,6 @@ COORDINATOR_ID = f"{socket.gethostname()}:{os.getpid()}"   # which process ran a
 
 # Optuna warns that its heartbeat is meant for optimize(); with ask/tell the coordinator beats itself.
 warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
-
-
-def run_sweep(config: SweepConfig, storage_url: str | None = None, *, ray_address: str | None = None,
-              on_progress: ProgressCallback | None = None, dispatcher: Dispatcher | None = None) -> dict[str, Any]:
-    """Create the study and run it until its budget is met (on Ray unless a ``dispatcher`` is given)."""
-    arrays = _load_data(config)
-    if config.checkpoint_store is None:
-        config = config.replace(checkpoint_store=default_location(resolve_url(storage_url)))
-    study = schema.create(config, storage_url, {**config.dataset.to_dict(), **arrays.describe()})
-    return Coordinator(study, config, arrays, dispatcher or _ray(config, ray_address), on_progress=on_progress).run()
-
-
-def resume_sweep(name: str, storage_url: str | None = None, *, n_trials: int | None = None,
-                 ray_address: str | None = None, on_progress: ProgressCallback | None = None,
-                 dispatcher: Dispatcher | None = None) -> dict[str, Any]:
-    """Continue a stored study until its budget is met; the config comes from the study."""
-    study = schema.load(name, storage_url)
-    config = schema.load_config(study)
-    arrays = _load_data(config, resuming=True)     # before anything is written to the study
-    if n_trials is not None:
-        config = config.replace(n_trials=n_trials)
-        study.set_user_attr(schema.CONFIG_ATTR, config.to_dict())
-    return Coordinator(study, config, arrays, dispatcher or _ray(config, ray_address), on_progress=on_progress).run()
-
-
-def _ray(config: SweepConfig, address: str | None) -> Dispatcher:
-    from sweeps.raydispatch import RayDispatcher
-
-    return RayDispatcher(config, address)
-
-
-def _load_data(config: SweepConfig, resuming: bool = False) -> datasets.Arrays:
-    try:
-        return datasets.load(config.dataset.to_dict(), seed=config.seed)
-    except datasets.DatasetError as e:
-        if resuming:
-            raise SweepsError(f"the dataset of study {config.study!r} is not reachable from this machine: {e} "
-                              "(resume needs the same dataset path as the machine that started the sweep)") from None
-        raise ConfigError(f"dataset: {e}") from None
 
 
 class Coordinator:
@@ -102,6 +62,7 @@ class Coordinator:
         self.trials: dict[int, optuna.Trial] = {}     # running here: number -> trial
         self.attrs: dict[int, dict[str, Any]] = {}    # running here: number -> user attrs at launch
         self.interrupts = 0
+        self.stop_signal = "Ctrl-C"                   # what stopped the running trials (interrupts == 2)
         self.storage = db.backend(study)
         db.enable_heartbeats(self.storage, config.heartbeat_interval, config.grace_period)
         key = schema.checkpoint_key(study)
@@ -116,35 +77,41 @@ class Coordinator:
 
     # -- the loop -----------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
+        """Run trials until the budget is met or a stop; the summary, or ``SweepFailed`` when trials keep failing."""
         self._recover()
         tally = self._count()
-        if tally.finished >= self.progress.n_trials and tally.running == 0 and tally.waiting == 0:
-            return self.summary()
-        handles_signals = threading.current_thread() is threading.main_thread()   # Python's rule for handlers
-        previous = signal.signal(signal.SIGINT, self._interrupt) if handles_signals else None
+        if not self.budget.met(tally):         # else no Ray is started: nothing is left to run
+            self._run_trials(tally)
+            self._count()
+        summary = self.summary()
+        if self.interrupts:
+            return {**summary, "interrupted": True, "signal": self.stop_signal}
+        problem = self.budget.failed_sweep(self._db(lambda: self.study.get_trials(deepcopy=False)))
+        if problem:
+            raise SweepFailed(problem)
+        return summary
+
+    def _run_trials(self, tally: recovery.Tally) -> None:
+        slots = self.budget.slots(tally)
+        handlers: dict[int, Any] = {}
         try:
-            slots = self.budget.slots(tally)
             # the test split never reaches a trial; a folder goes by path, read on each worker's machine
             self.dispatcher.start(slots, datasets.reference(self.config.dataset.to_dict(), self.config.seed,
                                                             self.arrays))
+            handlers = self._take_signals()     # after Ray's start: ray.init sets a SIGTERM handler of its own
             self._say_skipped()
             self._say(f"starting {slots} worker(s)")
             while self.step():
                 pass
         finally:
-            if handles_signals:
-                signal.signal(signal.SIGINT, previous)
+            for signum, previous in handlers.items():
+                signal.signal(signum, previous)
             self.dispatcher.close()
-        self._count()
-        summary = self.summary()
-        if self.interrupts:
-            summary["interrupted"] = True
-        return summary
 
     def step(self) -> bool:
         """One turn: beat, fill idle slots, clean up, then relay what the workers said. False once over here."""
         if self.interrupts >= 2:
-            self._abort("interrupted (Ctrl-C)", Failure.INTERRUPTED)
+            self._abort(f"interrupted ({self.stop_signal})", Failure.INTERRUPTED)
             return False
         self._heartbeat()
         self._fill_idle_slots()
@@ -156,11 +123,24 @@ class Coordinator:
         self._collect_results(results)
         return True
 
+    def _take_signals(self) -> dict[int, Any]:
+        """Ctrl-C once: start nothing new; twice, or SIGTERM / SIGHUP: stop now. Only the main thread may."""
+        if threading.current_thread() is not threading.main_thread():
+            return {}
+        return {signum: signal.signal(signum, handler) for signum, handler in (
+            (signal.SIGINT, self._interrupt), (signal.SIGTERM, self._terminate), (signal.SIGHUP, self._terminate))}
+
     def _interrupt(self, signum: int, frame: Any) -> None:
         self.interrupts += 1
         self.progress.stopping = True
         self.progress.last = ("stopping: no new trials; running ones finish (Ctrl-C again to stop them now)"
                               if self.interrupts == 1 else "stopping now: running trials are recorded as interrupted")
+
+    def _terminate(self, signum: int, frame: Any) -> None:
+        """SIGTERM (docker stop, Kubernetes, a scheduler) or SIGHUP: as a second Ctrl-C."""
+        self.interrupts, self.stop_signal = 2, signal.Signals(signum).name
+        self.progress.stopping = True
+        self.progress.last = f"{self.stop_signal}: stopping now; running trials are recorded as interrupted"
 
     def _say(self, line: str) -> None:
         self.progress.last = line
@@ -247,15 +227,19 @@ class Coordinator:
         self._recover()
 
     def _recover(self) -> None:
-        stale = self._db(lambda: db.stale_trial_ids(self.storage, self.study._study_id))
-        if not stale:
-            return
-        lost = self._db(lambda: recovery.fail_stale(
-            self.study, self.storage, stale, grace_period=self.config.grace_period,
-            max_retries=self.config.max_retries, skip=set(self.trials)))
+        """Fail and queue again the trials whose coordinator is gone (or that never had one beating)."""
+        lost = self._db(self._fail_lost)
         if lost:
             self._count()
             self._say(f"trial(s) {', '.join(map(str, lost))} lost their coordinator: queued again")
+
+    def _fail_lost(self) -> list[int]:
+        with db.launch_lock(self.storage, self.study._study_id):     # no coordinator is between ask and beat
+            stale = db.stale_trial_ids(self.storage, self.study._study_id, self.config.grace_period)
+            if not stale:
+                return []
+            return recovery.fail_stale(self.study, self.storage, stale, grace_period=self.config.grace_period,
+                                       max_retries=self.config.max_retries, skip=set(self.trials))
 
     # -- one trial: launch, relay, tell -------------------------------------------------------
     def _launch(self) -> TrialSpec | None:
@@ -312,7 +296,7 @@ class Coordinator:
             self.checkpoints.save(schema.config_id(report.number, self.attrs[report.number]), report.epoch,
                                   report.checkpoint)
         except Exception as e:  # the trial goes on; only a retry of it would start earlier
-            self.progress.last = f"checkpoint of trial {report.number} not saved: {_first_line(e)}"
+            self.progress.last = f"checkpoint of trial {report.number} not saved: {first_line(e)}"
 
     def _tell(self, result: TrialResult, *, fault: bool, defer: bool = False) -> None:
         """Store the outcome now; the checkpoint clean-up and the progress line run now, or after the
@@ -377,7 +361,7 @@ class Coordinator:
         try:
             upload_confusion_matrix(self.artifacts, trial, matrix, self.arrays.class_names)
         except Exception as e:
-            self.progress.last = f"confusion matrix of trial {trial.number} not stored: {_first_line(e)}"
+            self.progress.last = f"confusion matrix of trial {trial.number} not stored: {first_line(e)}"
 
     def summary(self) -> dict[str, Any]:
         p = self.progress
@@ -390,8 +374,3 @@ class Coordinator:
             "gpu_hours": p.gpu_hours, "gpu_hours_budget": p.gpu_budget,
             "stopped_by": p.stop_reason or None,
         }
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return text[0] if text else type(e).__name__

@@ -9,3 +9,15 @@ class SweepsError(Exception):
     """
 
     exit_code = 2
+
+
+def first_line(e: BaseException) -> str:
+    """An exception's first line (its type's name when it has no message)."""
+    text = str(e).strip().splitlines()
+    return text[0] if text else type(e).__name__
+
+
+class SweepFailed(SweepsError):
+    """The sweep ran but its trials keep failing: the last failure's reason says why (exit code 1)."""
+
+    exit_code = 1

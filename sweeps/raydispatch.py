@@ -16,7 +16,7 @@ import os
 from typing import Any
 
 from sweeps.config import SweepConfig
-from sweeps.errors import SweepsError
+from sweeps.errors import SweepsError, first_line
 from workers import attempt
 from workers.remote import ReportBroker, TrainerWorker
 from workers.spec import Decision, EpochReport, Failure, TrialResult, TrialSpec
@@ -111,11 +111,6 @@ class RayDispatcher:
         import ray
 
         ray.shutdown()
-
-
-def first_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return text[0] if text else type(e).__name__
 
 
 def worker_env(backend: str) -> dict[str, Any]:

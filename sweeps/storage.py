@@ -190,9 +190,35 @@ def enable_heartbeats(storage: Any, interval: float, grace_period: float) -> Non
     storage.grace_period = max(2, int(round(grace_period)))
 
 
-def stale_trial_ids(storage: Any, study_id: int) -> list[int]:
-    """RUNNING trials whose last heartbeat is older than the grace period (database clock)."""
-    return list(storage._get_stale_trial_ids(study_id))
+def stale_trial_ids(storage: Any, study_id: int, grace_period: float) -> list[int]:
+    """RUNNING trials whose last heartbeat is older than the grace period (database clock), and RUNNING
+    trials that never beat and started longer than the grace period ago.
+
+    A sweeps coordinator asks for a trial and writes its first beat under the
+    launch lock, so a trial without a beat found by the holder of that lock
+    was asked by a process that died before beating, or by something other
+    than a coordinator (a plain ``study.ask()``). Call this under the lock.
+    """
+    import datetime
+
+    from optuna.storages._rdb import models
+    from optuna.storages._rdb.storage import _create_scoped_session
+    from optuna.trial import TrialState
+
+    stale = list(storage._get_stale_trial_ids(study_id))
+    trial, beat = models.TrialModel, models.TrialHeartbeatModel
+    # Optuna 5 stores trial times as naive UTC; Optuna 4 in the writer's local time
+    utc = hasattr(trial, "_datetime_start_utc")
+    started = trial._datetime_start_utc if utc else trial.datetime_start
+    now = datetime.datetime.now(datetime.timezone.utc).replace(tzinfo=None) if utc else datetime.datetime.now()
+    session: Any
+    with _create_scoped_session(storage.scoped_session) as session:
+        never_beat = (session.query(trial.trial_id, started)
+                      .outerjoin(beat, beat.trial_id == trial.trial_id)
+                      .filter(trial.study_id == study_id, trial.state == TrialState.RUNNING, beat.trial_id.is_(None))
+                      .all())
+    cutoff = now - datetime.timedelta(seconds=grace_period)
+    return stale + [trial_id for trial_id, started in never_beat if started is not None and started < cutoff]
 
 
 @contextmanager

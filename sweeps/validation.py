@@ -245,12 +245,14 @@ class Sections(Checks):
         budget = raw.get("budget", {}) or {}
         if not isinstance(budget, dict):
             self.fail("budget", "must be a mapping such as {n_trials: 20, timeout: 3600}")
-        self.unknown_keys("budget", budget, {"n_trials", "timeout", "gpu_hours"})
-        timeout, gpu_hours = budget.get("timeout"), budget.get("gpu_hours")
+        self.unknown_keys("budget", budget, {"n_trials", "timeout", "gpu_hours", "max_failed_trials"})
+        timeout, gpu_hours, failed = budget.get("timeout"), budget.get("gpu_hours"), budget.get("max_failed_trials")
         return {"n_trials": self.integer("budget.n_trials", budget.get("n_trials", 20), low=1),
                 "timeout": None if timeout is None else self.number("budget.timeout", timeout, low=0, low_ok=False),
                 "gpu_hours": None if gpu_hours is None else float(
-                    self.number("budget.gpu_hours", gpu_hours, low=0, low_ok=False))}
+                    self.number("budget.gpu_hours", gpu_hours, low=0, low_ok=False)),
+                "max_failed_trials": None if failed is None else self.integer("budget.max_failed_trials", failed,
+                                                                              low=1)}
 
     def parallel(self, raw: dict[str, Any], _: dict[str, Any]) -> dict[str, Any]:
         return {"parallel": self.integer("parallel", raw.get("parallel", 1), low=1)}

@@ -23,11 +23,11 @@ import pytest
 
 from sweeps import study as schema
 from sweeps.config import SweepConfig, from_dict
-from sweeps.coordinator import resume_sweep, run_sweep
 from sweeps.dispatch import InlineDispatcher
-from sweeps.errors import SweepsError
+from sweeps.errors import SweepFailed, SweepsError
+from sweeps.runner import resume_sweep, run_sweep
 from sweeps.storage import open_storage
-from tests.helpers import TINY_SPACE
+from tests.helpers import TINY_SPACE, cli_here
 from tests.scripted import Scripted
 from workers import attempt
 from workers.spec import Decision, Failure, TrialResult, TrialSpec, TrialState
@@ -206,6 +206,26 @@ def test_second_ctrl_c_records_interrupted_and_resume_continues_from_checkpoints
     _curves_continuous(trials)
 
 
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP])
+def test_sigterm_and_sighup_stop_now_like_a_second_ctrl_c(folder: Path, signum: int) -> None:
+    name = signal.Signals(signum).name
+
+    def terminate(spec: TrialSpec, epoch: int) -> None:
+        if spec.number == 1 and epoch == 2:
+            os.kill(os.getpid(), signum)
+
+    summary, _ = _run(folder, Scripted(on_epoch=terminate, delay=0.02), budget={"n_trials": 6}, parallel=2)
+    assert summary["interrupted"] and summary["signal"] == name
+    trials = _trials(folder)
+    stopped = [t for t in trials if t.state == TS.FAIL]
+    assert stopped and all(t.user_attrs[schema.REASON] == f"interrupted ({name})" for t in stopped)
+    assert all(t.user_attrs[schema.FAILURE] == Failure.INTERRUPTED.value for t in stopped)
+    queued = [t for t in trials if t.state == TS.WAITING]
+    assert sorted(t.user_attrs[schema.RETRY_OF] for t in queued) == sorted(t.number for t in stopped)
+    assert not [t for t in trials if t.state == TS.RUNNING]
+    assert signal.getsignal(signum) is not None and "Coordinator" not in repr(signal.getsignal(signum))
+
+
 def test_the_budget_counts_configurations_exactly(folder: Path) -> None:
     """Complete, pruned, diverged, failed for good and retried: exactly n_trials configurations finish."""
     def faults(spec: TrialSpec, epoch: int) -> TrialResult | None:
@@ -216,7 +236,7 @@ def test_the_budget_counts_configurations_exactly(folder: Path) -> None:
             return TrialResult(spec.number, TrialState.PRUNED, None, 1, "diverged: loss became nan in epoch 1")
         return None
 
-    summary, _ = _run(folder, Scripted(on_epoch=faults), budget={"n_trials": 7}, parallel=2,
+    summary, _ = _run(folder, Scripted(on_epoch=faults), budget={"n_trials": 7, "max_failed_trials": 7}, parallel=2,
                       sampler={"name": "random", "seed": 4}, recovery={"max_retries": 1})
     trials = _trials(folder)
     counts = _configurations(trials)
@@ -276,3 +296,55 @@ def test_an_unreadable_dataset_stops_the_sweep_and_leaves_retries_queued(folder:
     assert {t.number for t in failed} == {0, 1}
     assert {t.user_attrs[schema.RETRY_OF] for t in trials if t.state == TS.WAITING} == {0, 1}
     assert all(t.user_attrs[schema.FAULTS] == 0 for t in trials if t.state == TS.WAITING)   # not the trials' fault
+
+
+def _always_fails(spec: TrialSpec, epoch: int) -> None:
+    if spec.params["learning_rate"] != 1e-2 and epoch == 2:
+        raise ValueError(f"x_val has another shape (trial {spec.number})")
+
+
+def test_failures_that_repeat_stop_the_sweep_with_the_last_reason(folder: Path, capsys: pytest.CaptureFixture) -> None:
+    """budget.max_failed_trials (default: a quarter of n_trials, at least 3) stops a sweep that burns its
+    budget on failures; resume with a higher limit continues it; the CLI exits 1 with the last reason."""
+    with pytest.raises(SweepFailed) as failed:
+        _run(folder, Scripted(on_epoch=_always_fails), budget={"n_trials": 12}, parallel=1,
+             recovery={"max_retries": 1}, parameters={"learning_rate": {"values": [1e-4, 1e-3]}})
+    message = str(failed.value)
+    assert failed.value.exit_code == 1 and "\n" not in message
+    assert "stopped: 3 trials failed for good (budget.max_failed_trials: 3)" in message
+    assert "the last failure: ValueError: x_val has another shape" in message
+    assert "sweeps resume tiny --max-failed-trials 6" in message
+    trials = _trials(folder)
+    assert _configurations(trials)["FAIL"] == 3 and len(trials) == 6          # 3 configurations, 2 attempts each
+    assert not [t for t in trials if t.state in (TS.RUNNING, TS.WAITING)]
+
+    url = f"sqlite:///{folder}/s.db"
+    code, _, err = cli_here(capsys, "resume", "tiny", "--storage", url, "--quiet")   # nothing runs: limit spent
+    assert code == 1 and err.startswith("error: sweep tiny stopped: 3 trials failed for good") and "\n" not in err.strip()
+    with pytest.raises(SweepFailed, match="stopped: 5 trials failed for good"):
+        resume_sweep("tiny", url, max_failed_trials=5, dispatcher=InlineDispatcher(Scripted(on_epoch=_always_fails)))
+    assert _configurations(_trials(folder))["FAIL"] == 5
+
+
+def test_a_sweep_whose_trials_all_failed_never_ends_well(folder: Path) -> None:
+    with pytest.raises(SweepFailed, match=r"sweep tiny every trial failed \(2\); the last failure: ValueError: x_val"):
+        _run(folder, Scripted(on_epoch=_always_fails), budget={"n_trials": 2, "max_failed_trials": 10}, parallel=1,
+             recovery={"max_retries": 0}, parameters={"learning_rate": {"values": [1e-4, 1e-3]}})
+
+
+def test_a_running_trial_that_never_beat_is_recovered_after_the_grace_period(folder: Path) -> None:
+    """A trial asked outside a coordinator (or by one that died between ask and its first beat) has no heartbeat
+    row; after the grace period it counts as lost like any other, and resume ends instead of waiting forever."""
+    _run(folder, Scripted(), budget={"n_trials": 2}, parallel=1, recovery={"heartbeat_interval": 0.5, "grace_period": 1.5})
+    url = f"sqlite:///{folder}/s.db"
+    orphan = optuna.load_study(study_name="tiny", storage=url).ask()          # plain Optuna: RUNNING, never beats
+    said: list[str] = []
+    summary = resume_sweep("tiny", url, dispatcher=InlineDispatcher(Scripted()), on_progress=lambda p: said.append(p.last))
+    trials = _trials(folder)
+    lost = trials[orphan.number]
+    assert lost.state == TS.FAIL and lost.user_attrs[schema.REASON].startswith("coordinator lost")
+    assert lost.user_attrs[schema.FAILURE] == Failure.COORDINATOR_LOST.value
+    [retry] = [t for t in trials if t.user_attrs.get(schema.RETRY_OF) == orphan.number]
+    assert retry.state == TS.COMPLETE and summary["budget_met"]
+    assert not [t for t in trials if t.state in (TS.RUNNING, TS.WAITING)]
+    assert any(f"trial(s) {orphan.number} lost their coordinator" in line for line in said)

@@ -58,6 +58,31 @@ def test_npz_errors(tmp_path: Path) -> None:
         data.load({"name": "npz", "path": str(tmp_path / "missing.npz")})
 
 
+@pytest.mark.parametrize("arrays, message", [
+    ({"x_val": np.zeros((10, 9, 9)), "y_val": np.arange(10) % 4},
+     "x_val's images are 9x9x1 but x_train's are 8x8x1; give every split the same image shape"),
+    ({"x_test": np.zeros((10, 8, 8, 3)), "y_test": np.arange(10) % 4},
+     "x_test's images are 8x8x3 but x_train's are 8x8x1"),
+    ({"x_val": np.zeros((10, 8, 8)), "y_val": np.arange(10) % 5}, "y_val has classes that y_train never has (4)"),
+    ({"y_train": np.arange(40) % 4 + 0.5}, "y_train holds labels that are not whole numbers (e.g. 0.5)"),
+    ({"y_train": np.eye(4)[np.arange(40) % 4]}, "got (40, 4); one-hot labels? save their argmax"),
+    ({"y_train": np.where(np.arange(40) == 3, np.nan, np.arange(40) % 4)}, "y_train holds NaN or infinite labels"),
+])
+def test_npz_splits_are_checked_against_each_other(tmp_path: Path, arrays: dict, message: str) -> None:
+    """Before any study is written: a split that every trial would fail on is one clear line."""
+    np.savez(tmp_path / "d.npz", **{"x_train": np.zeros((40, 8, 8)), "y_train": np.arange(40) % 4, **arrays})
+    with pytest.raises(DatasetError) as err:
+        data.load({"name": "npz", "path": str(tmp_path / "d.npz")})
+    assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_whole_float_labels_and_a_column_of_labels_are_class_indices(tmp_path: Path) -> None:
+    y = np.arange(40) % 4
+    np.savez(tmp_path / "d.npz", x_train=np.zeros((40, 8, 8)), y_train=y.astype(float).reshape(-1, 1))
+    loaded = data.load({"name": "npz", "path": str(tmp_path / "d.npz"), "test_fraction": 0})
+    assert loaded.class_names == ("0", "1", "2", "3") and len(loaded.y_train) + len(loaded.y_val) == 40
+
+
 def _images(folder: Path, cls: str, n: int, size: tuple[int, int], color: int) -> None:
     (folder / cls).mkdir(parents=True)
     for i in range(n):

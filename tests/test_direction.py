@@ -13,8 +13,8 @@ import optuna
 import pytest
 
 from sweeps.config import from_dict
-from sweeps.coordinator import run_sweep
 from sweeps.dispatch import InlineDispatcher
+from sweeps.runner import run_sweep
 from tests.helpers import TINY_SPACE, cli_here
 
 pytestmark = pytest.mark.slow

@@ -63,6 +63,19 @@ def test_services_images_and_commands() -> None:
     assert devices == [{"driver": "nvidia", "count": "all", "capabilities": ["gpu"]}]
 
 
+def test_signals_reach_the_commands() -> None:
+    """Each of our services runs its command in exec form under an init (tini as PID 1), so `docker stop`'s
+    SIGTERM reaches the coordinator (which records its running trials) instead of being swallowed by PID 1."""
+    services = _compose()["services"]
+    for name in ("ray-head", "worker", "dashboard", "sweep"):
+        assert services[name]["init"] is True, name
+        assert isinstance(services[name]["command"], list), f"{name}: exec form, not a shell string"
+    assert services["sweep"]["stop_grace_period"] == "60s"
+    for dockerfile in ("control.Dockerfile", "worker.Dockerfile"):
+        cmd = [ln for ln in (DOCKER / dockerfile).read_text().splitlines() if ln.startswith(("CMD", "ENTRYPOINT"))]
+        assert all(ln.split(None, 1)[1].startswith("[") for ln in cmd), (dockerfile, cmd)
+
+
 def test_only_loopback_is_published_and_data_persists() -> None:
     compose = _compose()
     published = {name: s.get("ports", []) for name, s in compose["services"].items()}

@@ -19,8 +19,8 @@ import pytest
 import yaml
 
 from sweeps.config import SweepConfig, from_dict
-from sweeps.coordinator import resume_sweep, run_sweep
 from sweeps.dispatch import InlineDispatcher
+from sweeps.runner import resume_sweep, run_sweep
 from sweeps.storage import DatabaseUnavailable, driver_url
 from tests.helpers import run_cli, start_cli, wait_for, write_space
 from tests.pgcluster import PgCluster
@@ -175,6 +175,28 @@ def test_second_ctrl_c_exits_130_and_resume_elsewhere_continues_from_checkpoints
     again = run_cli("resume", "stopped", "--storage", url, "--json", cwd=elsewhere)
     assert again.returncode == 0 and json.loads(again.stdout)["budget_met"] is True
     assert len(_study(url, "stopped").get_trials()) == len(trials)
+
+
+def test_sigterm_mid_sweep_exits_143_with_running_trials_recorded_and_retries_queued(ray_head: str,
+                                                                                    tmp_path: Path) -> None:
+    """docker stop, Kubernetes or a scheduler: SIGTERM reaches the coordinator after Ray's own handler is set."""
+    url = f"sqlite:///{tmp_path}/sweeps.db"
+    space = write_space(tmp_path, study="termed", budget={"n_trials": 3}, parallel=1, epochs=6, pruner=NO_PRUNING)
+    proc = start_cli("run", str(space), "--storage", url, "--ray-address", ray_head, cwd=tmp_path)
+    try:
+        wait_for(_running_with_epochs(url, "termed", 2), "a trial reached epoch 2", proc=proc)
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            kill_tree(proc)
+    assert proc.returncode == 143, err[-3000:]
+    assert "Traceback" not in err and "sweeps resume termed" in out
+    trials = _study(url, "termed").get_trials()
+    [stopped] = [t for t in trials if t.state == TS.FAIL]
+    assert stopped.user_attrs["reason"] == "interrupted (SIGTERM)" and stopped.user_attrs["failure"] == "interrupted"
+    assert [t.state for t in trials if t.user_attrs.get("retry_of") == stopped.number] == [TS.WAITING]
+    assert not [t for t in trials if t.state == TS.RUNNING]
 
 
 def _space(tmp_path: Path, **changes: object) -> SweepConfig:

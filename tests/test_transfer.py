@@ -60,8 +60,8 @@ def _pretrain_backbone(path: Path) -> float:
 
 def test_pretrain_on_mnist_then_fine_tune_on_digits_from_the_file(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     from sweeps.config import load
-    from sweeps.coordinator import run_sweep
     from sweeps.dispatch import InlineDispatcher
+    from sweeps.runner import run_sweep
     from workers.trainer import train_trial
 
     url = f"sqlite:///{tmp_path}/sweeps.db"

@@ -68,11 +68,34 @@ def _scale(x: np.ndarray, what: str) -> np.ndarray:
     return x
 
 
+def _shape(x: np.ndarray) -> str:
+    return "x".join(map(str, x.shape[1:]))
+
+
 def _labels(*ys: np.ndarray) -> tuple[list[np.ndarray], list[str]]:
     classes = np.unique(np.concatenate([np.asarray(y).ravel() for y in ys]))
     index = {c: i for i, c in enumerate(classes.tolist())}
     out = [np.array([index[v] for v in np.asarray(y).ravel().tolist()], dtype="int32") for y in ys]
     return out, [str(c) for c in classes.tolist()]
+
+
+def _check_labels(y: np.ndarray, what: str) -> np.ndarray:
+    """One label per image, each a class name or a whole number (a float like 0.5 names no class)."""
+    y = np.asarray(y)
+    if y.ndim == 2 and y.shape[1] == 1:
+        y = y[:, 0]
+    if y.ndim != 1:
+        raise DatasetError(f"{what} must hold one label per image, shape (n,), got {y.shape}"
+                           + ("; one-hot labels? save their argmax, the class indices" if y.ndim == 2 else ""))
+    if y.dtype.kind == "f":
+        if not np.isfinite(y).all():
+            raise DatasetError(f"{what} holds NaN or infinite labels; every image needs its class")
+        fractional = y[y != np.round(y)]
+        if fractional.size:
+            raise DatasetError(f"{what} holds labels that are not whole numbers (e.g. {fractional[0]:g}); "
+                               "give class indices or class names")
+        y = y.astype("int64")
+    return y
 
 
 def npz(path: str) -> tuple[Any, ...]:
@@ -89,7 +112,7 @@ def npz(path: str) -> tuple[Any, ...]:
     for split in ("val", "test"):
         if (f"x_{split}" in arrays) != (f"y_{split}" in arrays):
             raise DatasetError(f"{path} has only one of x_{split} / y_{split}; give both or neither")
-    x, y = _scale(arrays["x_train"], f"{path}: x_train"), arrays["y_train"]
+    x, y = _scale(arrays["x_train"], f"{path}: x_train"), _check_labels(arrays["y_train"], f"{path}: y_train")
     if len(x) == 0:
         raise DatasetError(f"{path}: x_train is empty; the dataset needs images")
     if len(x) != len(y):
@@ -97,9 +120,17 @@ def npz(path: str) -> tuple[Any, ...]:
     given = {}
     for split in ("val", "test"):
         if f"x_{split}" in arrays:
-            xs, ys = _scale(arrays[f"x_{split}"], f"{path}: x_{split}"), arrays[f"y_{split}"]
+            xs = _scale(arrays[f"x_{split}"], f"{path}: x_{split}")
+            ys = _check_labels(arrays[f"y_{split}"], f"{path}: y_{split}")
             if len(xs) == 0 or len(xs) != len(ys):
                 raise DatasetError(f"{path}: x_{split} and y_{split} must be non-empty and of equal length")
+            if xs.shape[1:] != x.shape[1:]:
+                raise DatasetError(f"{path}: x_{split}'s images are {_shape(xs)} but x_train's are {_shape(x)}; "
+                                   "give every split the same image shape (height, width, channels)")
+            unseen = ", ".join(map(str, np.setdiff1d(ys, y)[:5].tolist()))
+            if unseen:
+                raise DatasetError(f"{path}: y_{split} has classes that y_train never has ({unseen}); "
+                                   "every class needs training images")
             given[split] = (xs, ys)
     labels, names = _labels(y, *(ys for _, ys in given.values()))
     y, rest = labels[0], dict(zip(given, labels[1:]))

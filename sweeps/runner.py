@@ -1,0 +1,59 @@
+"""Run or resume a sweep: the data loaded and checked, the study created or loaded, a dispatcher chosen,
+then the coordinator (``sweeps/coordinator.py``) runs the trials.
+
+Nothing is written to the study before the config and the dataset have been
+checked; a resume overrides only what its command line says.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sweeps import study as schema
+from sweeps.checkpoints import default_location
+from sweeps.config import ConfigError, SweepConfig
+from sweeps.coordinator import Coordinator
+from sweeps.dispatch import Dispatcher
+from sweeps.errors import SweepsError
+from sweeps.progress import ProgressCallback
+from sweeps.storage import resolve_url
+from workers import data as datasets
+
+
+def run_sweep(config: SweepConfig, storage_url: str | None = None, *, ray_address: str | None = None,
+              on_progress: ProgressCallback | None = None, dispatcher: Dispatcher | None = None) -> dict[str, Any]:
+    """Create the study and run it until its budget is met (on Ray unless a ``dispatcher`` is given)."""
+    arrays = _load_data(config)
+    if config.checkpoint_store is None:
+        config = config.replace(checkpoint_store=default_location(resolve_url(storage_url)))
+    study = schema.create(config, storage_url, {**config.dataset.to_dict(), **arrays.describe()})
+    return Coordinator(study, config, arrays, dispatcher or _ray(config, ray_address), on_progress=on_progress).run()
+
+
+def resume_sweep(name: str, storage_url: str | None = None, *, n_trials: int | None = None,
+                 max_failed_trials: int | None = None, ray_address: str | None = None,
+                 on_progress: ProgressCallback | None = None, dispatcher: Dispatcher | None = None) -> dict[str, Any]:
+    """Continue a stored study until its budget is met; the config comes from the study, the budget may change."""
+    study = schema.load(name, storage_url)
+    config = schema.load_config(study)
+    arrays = _load_data(config, resuming=True)     # before anything is written to the study
+    if n_trials is not None or max_failed_trials is not None:
+        config = config.replace(n_trials=n_trials, max_failed_trials=max_failed_trials)
+        study.set_user_attr(schema.CONFIG_ATTR, config.to_dict())
+    return Coordinator(study, config, arrays, dispatcher or _ray(config, ray_address), on_progress=on_progress).run()
+
+
+def _ray(config: SweepConfig, address: str | None) -> Dispatcher:
+    from sweeps.raydispatch import RayDispatcher
+
+    return RayDispatcher(config, address)
+
+
+def _load_data(config: SweepConfig, resuming: bool = False) -> datasets.Arrays:
+    try:
+        return datasets.load(config.dataset.to_dict(), seed=config.seed)
+    except datasets.DatasetError as e:
+        if resuming:
+            raise SweepsError(f"the dataset of study {config.study!r} is not reachable from this machine: {e} "
+                              "(resume needs the same dataset path as the machine that started the sweep)") from None
+        raise ConfigError(f"dataset: {e}") from None

@@ -98,6 +98,9 @@ def _parser() -> argparse.ArgumentParser:
     _storage_option(p)
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=8080, help="port (default 8080)")
+    p.add_argument("--allow-remote-writes", action="store_true",
+                   help="with --host other than loopback: accept that anyone who reaches the port can delete studies, "
+                        "set results and upload files (optuna-dashboard has no login)")
 
     p = command("export", "the best trial's model for serving: .keras, SavedModel (TF Serving layout) or TFLite",
                 "sweeps export digits-demo --format tflite --quantize int8 --out models/")
@@ -265,7 +268,7 @@ def _dashboard(args: argparse.Namespace) -> int:
     from sweeps.dashboard import serve
 
     try:
-        serve(args.study, args.storage, host=args.host, port=args.port,
+        serve(args.study, args.storage, host=args.host, port=args.port, allow_remote_writes=args.allow_remote_writes,
               on_ready=lambda line: print(f"{line}\nCtrl-C stops it.", flush=True))
     except KeyboardInterrupt:
         pass

@@ -14,13 +14,24 @@ from sweeps.artifacts import artifact_store
 from sweeps.errors import SweepsError
 from sweeps.storage import mask, open_storage, resolve_url
 
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
 
 def serve(study: str | None, storage_url: str | None, *, host: str = "127.0.0.1", port: int = 8080,
-          on_ready: Callable[[str], None] = print) -> None:
-    """Bind first (a taken port is a clear error), then say where, then serve until Ctrl-C."""
+          allow_remote_writes: bool = False, on_ready: Callable[[str], None] = print) -> None:
+    """Bind first (a taken port is a clear error), then say where, then serve until Ctrl-C.
+
+    optuna-dashboard lets whoever reaches it delete studies, set results and upload files; off loopback that
+    is the whole network, so it takes ``allow_remote_writes`` (the CLI's --allow-remote-writes) to listen there.
+    """
     from wsgiref.simple_server import WSGIRequestHandler, make_server
 
     import optuna_dashboard
+
+    if host not in LOOPBACK and not allow_remote_writes:
+        raise SweepsError(f"--host {host} would let anyone who reaches port {port} delete studies, set results and "
+                          "upload files (optuna-dashboard has no login); keep 127.0.0.1 and reach it through an SSH "
+                          "tunnel, or add --allow-remote-writes on a network you trust")
 
     storage = open_storage(storage_url)
     path, location = "/dashboard", None
@@ -40,7 +51,7 @@ def serve(study: str | None, storage_url: str | None, *, host: str = "127.0.0.1"
         raise SweepsError(f"cannot listen on {host}:{port} ({e.strerror}); choose another --port") from None
     shown_host = f"[{host}]" if ":" in host else host
     on_ready(f"optuna-dashboard for {mask(resolve_url(storage_url))} at http://{shown_host}:{port}{path}"
-             + ("" if host in ("127.0.0.1", "localhost", "::1") else "  (reachable from other machines)"))
+             + ("" if host in LOOPBACK else "  (reachable from other machines, with write access)"))
     try:
         server.serve_forever()
     finally:

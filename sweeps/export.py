@@ -74,23 +74,23 @@ def export_best(study_name: str, storage_url: str | None, *, fmt: str, out: str,
         if base is None:
             raise SweepsError(f"trial {best.number} is a {best.params.get('architecture', 'simple_cnn')}, which has no "
                               "pretrainable backbone; --format backbone needs mobilenet_v2 or efficientnet_b0")
-        path = os.path.join(out, f"{name}-{base.name}.weights.h5")
+        path = _inside(out, os.path.join(out, f"{name}-{base.name}.weights.h5"))
         base.save_weights(path)
         exported, size = original, os.path.getsize(path)      # the head is not in the file: nothing to compare
     elif fmt == "keras":
-        path = os.path.join(out, f"{name}.keras")
+        path = _inside(out, os.path.join(out, f"{name}.keras"))
         model.save(path)
         exported = _accuracy(lambda x: keras.models.load_model(path).predict(x, batch_size=256, verbose=0), data)
         size = os.path.getsize(path)
     elif fmt == "saved_model":
-        path = os.path.join(out, name, "1")         # TensorFlow Serving: MODEL/VERSION/
+        path = _inside(out, os.path.join(out, name, "1"))         # TensorFlow Serving: MODEL/VERSION/
         if os.path.exists(path):
             shutil.rmtree(path)
         model.export(path, format="tf_saved_model", verbose=False)
         exported = _accuracy(_saved_model_predict(path), data)
         size = _tree_size(path)
     else:
-        path = os.path.join(out, f"{name}{'' if quantize == 'none' else '-' + quantize}.tflite")
+        path = _inside(out, os.path.join(out, f"{name}{'' if quantize == 'none' else '-' + quantize}.tflite"))
         with open(path, "wb") as f:
             f.write(_tflite(model, quantize, data))
         exported = _accuracy(tflite_predict(path), data)
@@ -117,7 +117,17 @@ def _attach(study: Any, config: Any, path: str) -> bool:
 
 
 def _safe(name: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
+    """A file name from a study name: letters, digits, '-', '_' and '.', never a leading dot ('.' or '..')."""
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
+    return "_" + safe if safe.startswith(".") or not safe else safe
+
+
+def _inside(out: str, path: str) -> str:
+    """``path``, after checking that it lies under ``out`` (nothing is written or removed elsewhere)."""
+    root, target = os.path.realpath(out), os.path.realpath(path)
+    if os.path.commonpath([root, target]) != root:
+        raise SweepsError(f"refusing to write {path}: it is outside --out {out}")
+    return path
 
 
 def _accuracy(predict: Callable[[np.ndarray], np.ndarray], data: datasets.Arrays) -> float:

@@ -13,6 +13,8 @@ import importlib.util
 import logging
 import math
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from sweeps.config import SweepConfig
@@ -41,6 +43,7 @@ class RayDispatcher:
         self.free: list[Any] = []          # idle slot actors
         self.in_flight: dict[Any, tuple[int, Any]] = {}     # result ref -> (trial number, actor)
         self.drain: Any = None             # the broker's pending batch of reports
+        self.stopped: set[int] = set()     # trials stop_all answered for: their late reports are dropped
 
     def start(self, slots: int, data: Any) -> None:
         import ray
@@ -69,7 +72,7 @@ class RayDispatcher:
         ready, _ = ray.wait([self.drain, *self.in_flight], num_returns=1)
         reports: list[EpochReport] = []
         if self.drain in ready or ray.wait([self.drain], timeout=0)[0]:
-            reports, self.drain = ray.get(self.drain), None
+            reports, self.drain = [r for r in ray.get(self.drain) if r.number not in self.stopped], None
         done = ray.wait(list(self.in_flight), num_returns=len(self.in_flight), timeout=0)[0] if self.in_flight else []
         return reports, [self._result(ref) for ref in done]
 
@@ -103,6 +106,7 @@ class RayDispatcher:
         stopped = []
         for number, actor in self.in_flight.values():
             ray.kill(actor)
+            self.stopped.add(number)
             stopped.append(attempt.failed(number, reason, failure))
         self.in_flight.clear()
         return stopped
@@ -142,11 +146,32 @@ def start_ray(address: str | None, backend: str = "tensorflow") -> None:
         if address:
             ray.init(address=address, **kwargs)
         else:
-            ray.init(address="local", _node_ip_address="127.0.0.1", **kwargs)
+            with without_credentials():       # the local Ray's processes, and so every trial, start without them
+                ray.init(address="local", _node_ip_address="127.0.0.1", **kwargs)
     except (ConnectionError, RuntimeError, ValueError) as e:
         where = address or "a local Ray instance"
         raise SweepsError(f"cannot start or reach Ray at {where}: {first_line(e)}; check --ray-address "
                           "or leave it out for a local Ray") from None
+
+
+CREDENTIALS = ("SWEEPS_STORAGE", "PGPASSWORD", "PGPASSFILE", "PGSERVICE", "PGSERVICEFILE")
+
+
+def is_credential(name: str) -> bool:
+    """Environment variables that trial workers never need: the storage URL, database and cloud credentials."""
+    upper = name.upper()
+    return (upper in CREDENTIALS or upper.startswith("AWS_")
+            or (("PASSWORD" in upper or "SECRET" in upper) and not upper.startswith("RAY_")))
+
+
+@contextmanager
+def without_credentials() -> Iterator[None]:
+    """This process's environment without credentials while Ray's local processes start (they copy it)."""
+    saved = {name: os.environ.pop(name) for name in list(os.environ) if is_credential(name)}
+    try:
+        yield
+    finally:
+        os.environ.update(saved)
 
 
 def check_resources(config: SweepConfig) -> None:

@@ -21,17 +21,42 @@ ENV_VAR = "SWEEPS_STORAGE"
 APPLICATION_NAME = "sweeps-coordinator"
 
 T = TypeVar("T")
-_PASSWORD = re.compile(r"(?P<head>[a-zA-Z][a-zA-Z0-9+.-]*://[^:/?#@]*:)(?P<pw>[^@/?#]*)(?P<tail>@)")
+# user:password@ after a scheme, as SQLAlchemy reads it: the user runs to the first ':', the password to the
+# first '@' (an '@' in a password must be written %40). Whitespace ends a URL inside a message.
+_PASSWORD = re.compile(r"(?P<head>[a-zA-Z][a-zA-Z0-9+.-]*://[^:/@\s]*:)(?P<pw>[^@\s]*)(?P<tail>@)")
+_SECRETS: set[str] = set()      # passwords of the URLs this process resolved, as written and decoded
 
 
 def resolve_url(url: str | None) -> str:
-    """--storage, else $SWEEPS_STORAGE, else the SQLite file sweeps.db here."""
-    return url or os.environ.get(ENV_VAR) or DEFAULT_URL
+    """--storage, else $SWEEPS_STORAGE, else the SQLite file sweeps.db here; its password is remembered for mask."""
+    resolved = url or os.environ.get(ENV_VAR) or DEFAULT_URL
+    _remember_password(resolved)
+    return resolved
+
+
+def _remember_password(url: str) -> None:
+    """The password as SQLAlchemy parses it (the one the driver sends) and as written in the URL."""
+    from urllib.parse import quote
+
+    import sqlalchemy
+
+    try:
+        password = sqlalchemy.engine.make_url(url).password
+    except Exception:      # not a URL SQLAlchemy reads: the pattern in mask still applies
+        return
+    if password:
+        written = _PASSWORD.search(url)
+        _SECRETS.update(p for p in (str(password), quote(str(password), safe=""),
+                                    written["pw"] if written else "") if len(p) >= 4)
 
 
 def mask(text: str) -> str:
-    """Replace every password in URLs within ``text`` by ***."""
-    return _PASSWORD.sub(lambda m: f"{m['head']}***{m['tail']}", text)
+    """Replace every password in ``text`` by ***: in any URL's user:password@, and wherever the password of a
+    URL this process resolved appears (whatever characters it holds, percent-encoded or not)."""
+    text = _PASSWORD.sub(lambda m: f"{m['head']}***{m['tail']}", text)
+    for secret in sorted(_SECRETS, key=len, reverse=True):
+        text = text.replace(secret, "***")
+    return text
 
 
 def driver_url(url: str) -> str:

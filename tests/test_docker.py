@@ -56,6 +56,7 @@ def test_services_images_and_commands() -> None:
     assert sweep[:3] == ["sweeps", "run", "search_spaces/mnist_gpu.yaml"] and "ray-head:6379" in sweep
     assert (ROOT / sweep[2]).exists()
     assert services["dashboard"]["command"][:2] == ["sweeps", "dashboard"]
+    assert "--allow-remote-writes" in services["dashboard"]["command"]      # 0.0.0.0 inside the container only
     for name in ("dashboard", "sweep"):
         assert services[name]["environment"]["SWEEPS_STORAGE"].startswith("postgresql://sweeps:${SWEEPS_DB_PASSWORD")
 

@@ -9,11 +9,13 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import optuna
+import psutil
 import pytest
 import sqlalchemy
 
 from sweeps.storage import driver_url
-from tests.helpers import ADMIN_URL, cli_here, run_cli, write_space
+from tests.helpers import ADMIN_URL, cli_here, start_cli, wait_for, write_space
 
 pytestmark = pytest.mark.slow
 
@@ -49,8 +51,27 @@ def test_planted_password_appears_nowhere(password_url: tuple[str, str], tmp_pat
     ray_sessions_before = set(glob.glob("/tmp/ray/session_*"))
     space = write_space(tmp_path, study="secret", budget={"n_trials": 2}, parallel=1, epochs=2,
                         pruner={"name": "none"}, checkpoints={"store": str(tmp_path / "artifacts")})
-    swept = run_cli("run", str(space), "--storage", url, cwd=tmp_path, timeout=400)   # a process with its Ray
-    printed = [swept.stdout + swept.stderr]
+    # The sweep: a process with its own local Ray; the URL in SWEEPS_STORAGE and a cloud key in its environment.
+    proc = start_cli("run", str(space), cwd=tmp_path, SWEEPS_STORAGE=url, AWS_SECRET_ACCESS_KEY=password)
+    try:
+        study_url = driver_url(url)
+        wait_for(lambda: any(t.state.name == "RUNNING" and t.intermediate_values for t in
+                             optuna.load_study(study_name="secret", storage=study_url).get_trials()),
+                 "a trial to report an epoch", proc=proc)
+        ray_processes = psutil.Process(proc.pid).children(recursive=True)
+        assert any("raylet" in " ".join(p.cmdline()) for p in ray_processes), "the sweep's own Ray should run"
+        for child in ray_processes:          # workers never hold credentials: the coordinator stores everything
+            try:
+                environ = Path(f"/proc/{child.pid}/environ").read_bytes()
+            except (FileNotFoundError, ProcessLookupError):
+                continue
+            assert secret not in environ, child.cmdline()
+        out, err = proc.communicate(timeout=400)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err[-3000:]
+    printed = [out + err]
     monkeypatch.chdir(tmp_path)
     for args in (["status", "secret", "--storage", url], ["status", "secret", "--storage", url, "--json"],
                  ["best", "secret", "--storage", url, "--json"], ["ls", "--storage", url],

@@ -92,6 +92,26 @@ def test_dashboard_on_a_taken_port_is_one_clear_line(finished: dict[str, Any], c
     assert code == 2 and "choose another --port" in err and "Traceback" not in err
 
 
+def test_dashboard_off_loopback_needs_the_flag_that_says_what_it_exposes(finished: dict[str, Any],
+                                                                         capsys: pytest.CaptureFixture) -> None:
+    code, _, err = cli_here(capsys, "dashboard", "served", "--storage", finished["url"], "--host", "0.0.0.0",
+                            "--port", str(free_port()))
+    assert code == 2 and "delete studies" in err and "--allow-remote-writes" in err and len(err.splitlines()) == 1
+
+
+def test_export_never_writes_outside_out_whatever_the_study_is_called(tmp_path: Path) -> None:
+    from sweeps.errors import SweepsError
+    from sweeps.export import _inside, _safe
+
+    for name in ("..", ".", "...", "../../etc", "a/../../b", "/abs"):
+        safe = _safe(name)
+        assert not safe.startswith(".") and "/" not in safe, (name, safe)
+        path = _inside(str(tmp_path), str(tmp_path / safe / "1"))
+        assert Path(path).resolve().is_relative_to(tmp_path.resolve())
+    with pytest.raises(SweepsError, match="outside --out"):
+        _inside(str(tmp_path / "out"), str(tmp_path / "out" / ".." / "elsewhere"))
+
+
 @pytest.mark.parametrize("fmt, quantize", [("keras", "none"), ("saved_model", "none"), ("tflite", "float16"),
                                           ("tflite", "int8")])
 def test_export_round_trips(finished: dict[str, Any], tmp_path: Path, fmt: str, quantize: str,

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import string
 from pathlib import Path
+from urllib.parse import quote
 
 import pytest
 
@@ -21,6 +23,24 @@ def test_mask(url: str, shown: str) -> None:
     assert storage.mask(url) == shown
 
 
+AWKWARD = [(c, form) for c in string.printable if c not in "\t\n\r\x0b\x0c" for form in ("raw", "encoded")
+           if not (form == "raw" and c in "@%")]       # a raw '@' ends the password; a raw '%' starts an escape
+
+
+@pytest.mark.parametrize("char, form", AWKWARD)
+def test_a_resolved_password_is_masked_whatever_it_holds(char: str, form: str) -> None:
+    """Every printable character in a password, as written or percent-encoded: printed as ***."""
+    import sqlalchemy
+
+    password = f"pw{char}pw{char}pw"
+    written = password if form == "raw" else quote(password, safe="")
+    url = f"postgresql://user:{written}@db.example:5432/sweeps"
+    storage.resolve_url(url)
+    parsed = str(sqlalchemy.engine.make_url(url).password)
+    shown = storage.mask(f"error: cannot reach the database at {url}; check it")
+    assert written not in shown and parsed not in shown and "user:***@db.example:5432/sweeps" in shown, shown
+
+
 def test_resolve_order(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("SWEEPS_STORAGE", raising=False)
     assert storage.resolve_url(None) == "sqlite:///sweeps.db"
@@ -37,6 +57,24 @@ def test_postgresql_connection_is_named_and_bounded(pg_url: str) -> None:
     with s.engine.connect() as conn:
         name = conn.execute(sqlalchemy.text("SHOW application_name")).scalar()
     assert name == storage.APPLICATION_NAME
+    s.engine.dispose()
+
+
+def test_a_service_file_url_keeps_the_password_off_the_command_line(pg_url: str, tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """postgresql:///?service=NAME: libpq reads host, user, database (and a password, or ~/.pgpass) from
+    PGSERVICEFILE, so `ps` shows no secret."""
+    import optuna
+    import sqlalchemy
+
+    target = sqlalchemy.engine.make_url(pg_url)
+    (tmp_path / "pg_service.conf").write_text(f"[sweeps_test]\nhost={target.host}\nport={target.port or 5432}\n"
+                                              f"user={target.username}\ndbname={target.database}\n"
+                                              + (f"password={target.password}\n" if target.password else ""))
+    monkeypatch.setenv("PGSERVICEFILE", str(tmp_path / "pg_service.conf"))
+    s = storage.open_storage("postgresql:///?service=sweeps_test")
+    optuna.create_study(storage=s, study_name="through-a-service")
+    assert "through-a-service" in optuna.get_all_study_names(storage.driver_url(pg_url))
     s.engine.dispose()
 
 

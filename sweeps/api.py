@@ -86,13 +86,15 @@ def run_sweep(config: SweepConfig | dict[str, Any] | str | os.PathLike[str], sto
 
 
 def resume_sweep(name: str, storage: str | None = None, *, n_trials: int | None = None,
-                 max_failed_trials: int | None = None, ray_address: str | None = None,
-                 on_progress: ProgressCallback | None = None, dispatcher: Dispatcher | None = None) -> Sweep:
+                 max_failed_trials: int | None = None, checkpoint_store: str | None = None,
+                 ray_address: str | None = None, on_progress: ProgressCallback | None = None,
+                 dispatcher: Dispatcher | None = None) -> Sweep:
     """Continue a stored sweep until its budget is met (any machine that reaches the database)."""
     from sweeps import runner
 
     summary = runner.resume_sweep(name, storage, n_trials=n_trials, max_failed_trials=max_failed_trials,
-                                  ray_address=ray_address, on_progress=on_progress, dispatcher=dispatcher)
+                                  checkpoint_store=checkpoint_store, ray_address=ray_address,
+                                  on_progress=on_progress, dispatcher=dispatcher)
     return _loaded(name, storage, summary)
 
 

@@ -68,6 +68,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--n-trials", type=int, metavar="N", help="raise (or lower) the stored budget")
     p.add_argument("--max-failed-trials", type=int, metavar="N",
                    help="allow this many configurations to fail for good before the sweep stops")
+    p.add_argument("--checkpoint-store", metavar="DIR|s3://BUCKET/PREFIX",
+                   help="keep the study's checkpoints here from now on (a folder this machine reaches, or S3); "
+                        "retries whose checkpoint is not there start at epoch 0")
     p.add_argument("--ray-address", metavar="ADDR", help="an existing Ray cluster (default: a private local one)")
     _output_options(p, "the summary")
 
@@ -150,8 +153,8 @@ def _resume(args: argparse.Namespace) -> int:
 
     with LiveProgress(quiet=args.quiet or args.json) as progress:
         sweep = resume_sweep(args.study, args.storage, n_trials=args.n_trials,
-                             max_failed_trials=args.max_failed_trials, ray_address=args.ray_address,
-                             on_progress=progress)
+                             max_failed_trials=args.max_failed_trials, checkpoint_store=args.checkpoint_store,
+                             ray_address=args.ray_address, on_progress=progress)
     assert sweep.summary is not None          # this call ran the sweep
     return _print_summary(sweep.summary, args.json)
 
@@ -194,6 +197,10 @@ def _status(args: argparse.Namespace) -> int:
                   f"{s['elapsed_seconds']:.0f}s elapsed"
                   + (f", GPU {s['gpu_hours']:.3f} of {s['gpu_hours_budget']:g} h" if s["gpu_hours_budget"] else ""))
     console.print("  ".join(f"{k.lower()} {v}" for k, v in c.items()))
+    errors = s["store_errors"]
+    if errors["count"]:
+        console.print(f"WARNING: {errors['count']} checkpoint write(s) to {s['checkpoint_store']} failed (last: "
+                      f"{errors['last']}); retries of those trials start from an earlier epoch", markup=False)
     if s["best"]:
         b = s["best"]
         console.print(f"best: {b['value']:.4f} (trial {b['number']}) "

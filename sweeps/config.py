@@ -106,6 +106,11 @@ class SweepConfig:
         return self.max_failed_trials or max(3, self.n_trials // 4)
 
     @property
+    def threads(self) -> int:
+        """CPU threads a trial's TensorFlow may use: its whole CPUs, at least one."""
+        return max(1, int(self.cpus))
+
+    @property
     def maximize(self) -> bool:
         """The metric's goal, decided here once: the study, the trainer and every reader follow it."""
         return self.direction == "maximize"
@@ -113,9 +118,9 @@ class SweepConfig:
     def trial_spec(self, number: int, params: dict[str, Any], seed: int, *, checkpoint: bytes | None = None,
                    save_checkpoints: bool = True, epochs: int | None = None) -> TrialSpec:
         """What a worker trains: ``params`` (searched and fixed) over the defaults, and this sweep's settings."""
-        return TrialSpec(number=number, params={**DEFAULTS, **params}, epochs=epochs or self.epochs, seed=seed,
-                         metric=self.metric, maximize=self.maximize, flip=self.dataset.flip,
-                         threads=max(1, int(self.cpus)), checkpoint=checkpoint, save_checkpoints=save_checkpoints,
+        return TrialSpec(number=number, params={**DEFAULTS, **params}, epochs=self.epochs if epochs is None else epochs,
+                         seed=seed, metric=self.metric, maximize=self.maximize, flip=self.dataset.flip,
+                         threads=self.threads, checkpoint=checkpoint, save_checkpoints=save_checkpoints,
                          deterministic=self.deterministic, folds=self.dataset.folds or 0,
                          mixed_precision=self.mixed_precision, jit_compile=self.jit_compile,
                          steps_per_execution=self.steps_per_execution)

@@ -29,7 +29,7 @@ from sweeps import storage as db
 from sweeps import study as schema
 from sweeps.artifacts import artifact_store, upload_confusion_matrix
 from sweeps.budget import Budget
-from sweeps.checkpoints import CheckpointStore, Retention
+from sweeps.checkpoints import Checkpoints, CheckpointStore
 from sweeps.config import SweepConfig
 from sweeps.dispatch import Dispatcher
 from sweeps.errors import SweepFailed, SweepsError, first_line
@@ -66,14 +66,16 @@ class Coordinator:
         self.storage = db.backend(study)
         db.enable_heartbeats(self.storage, config.heartbeat_interval, config.grace_period)
         key = schema.checkpoint_key(study)
-        self.checkpoints = CheckpointStore(config.checkpoint_store, key) if config.checkpoint_store and key else None
-        self.retention = Retention(self.checkpoints, config.keep_best, schema.maximize(study)) \
-            if self.checkpoints else None
+        self.checkpoints = Checkpoints(CheckpointStore(config.checkpoint_store, key), config.keep_best,
+                                       schema.maximize(study), study.user_attrs.get(schema.STORE_ERRORS_ATTR)) \
+            if config.checkpoint_store and key else None
         self.artifacts = artifact_store(config.checkpoint_store) if self.checkpoints else None
         self.counter = recovery.Counter(schema.maximize(study))
+        self.best: optuna.trial.FrozenTrial | None = None    # the best complete trial, as the counts read it
         self.last_beat = 0.0
         self.last_count = 0.0
         self.deferred: list[Callable[[], None]] = []   # finished trials' clean-up, after the next launch
+        self.notices: list[str] = []                   # said when the trials start
 
     # -- the loop -----------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
@@ -100,6 +102,8 @@ class Coordinator:
                                                             self.arrays))
             handlers = self._take_signals()     # after Ray's start: ray.init sets a SIGTERM handler of its own
             self._say_skipped()
+            for line in self.notices:
+                self._say(line)
             self._say(f"starting {slots} worker(s)")
             while self.step():
                 pass
@@ -107,6 +111,7 @@ class Coordinator:
             for signum, previous in handlers.items():
                 signal.signal(signum, previous)
             self.dispatcher.close()
+        self._store_errors()
 
     def step(self) -> bool:
         """One turn: beat, fill idle slots, clean up, then relay what the workers said. False once over here."""
@@ -176,10 +181,13 @@ class Coordinator:
             self._save_checkpoint(report)    # stored before this trial's result can be told
 
     def _collect_results(self, results: list[TrialResult]) -> None:
+        """Tell every result of the batch (poll has handed them over), then stop if a worker cannot read the data."""
+        unreadable = [r for r in results if r.failure == Failure.DATASET]
         for result in results:
-            if result.failure == Failure.DATASET:
-                self._stop_unreadable_dataset(result)
-            self._tell(result, fault=result.failure is None or result.failure.is_fault, defer=True)
+            if result.failure != Failure.DATASET:
+                self._tell(result, fault=result.failure is None or result.failure.is_fault, defer=True)
+        if unreadable:
+            self._stop_unreadable_dataset(unreadable)
 
     def _abort(self, reason: str, failure: Failure) -> None:
         """Fail everything in flight (not the configurations' fault: their retries are queued)."""
@@ -187,12 +195,13 @@ class Coordinator:
         for result in self.dispatcher.stop_all(reason, failure):
             self._tell(result, fault=False)
 
-    def _stop_unreadable_dataset(self, result: TrialResult) -> None:
+    def _stop_unreadable_dataset(self, results: list[TrialResult]) -> None:
         """Every trial would fail the same way: stop, leaving retries queued for `sweeps resume`."""
         self._run_deferred()
-        self._tell(result, fault=False)
+        for result in results:
+            self._tell(result, fault=False)
         self._abort("stopped: a worker cannot read the dataset", Failure.INTERRUPTED)
-        raise SweepsError(f"trial {result.number}: {result.reason}; `sweeps resume` continues the sweep "
+        raise SweepsError(f"trial {results[0].number}: {results[0].reason}; `sweeps resume` continues the sweep "
                           "once every worker can read it")
 
     # -- counting, heartbeats, recovery -------------------------------------------------------
@@ -214,6 +223,7 @@ class Coordinator:
         p.complete, p.pruned, p.failed = tally.complete, tally.pruned, tally.failed
         p.running, p.waiting, p.retried = tally.running, tally.waiting, tally.retried
         if best is not None:           # study.best_trial, without another query
+            self.best = best
             p.best_value, p.best_number = best.value, best.number
         return tally
 
@@ -224,6 +234,7 @@ class Coordinator:
         self.last_beat = time.monotonic()
         for trial in list(self.trials.values()):
             self._db(functools.partial(self.storage.record_heartbeat, trial._trial_id))
+        self._store_errors()
         self._recover()
 
     def _recover(self) -> None:
@@ -262,7 +273,11 @@ class Coordinator:
             new_attrs[schema.FIXED_PARAMS] = fixed
         checkpoint = None
         if schema.RETRY_OF in attrs and self.checkpoints is not None and not self.config.dataset.folds:
-            checkpoint = self.checkpoints.load(config_id)        # cross-validation starts over
+            checkpoint, note, say = self.checkpoints.resume_point(config_id)     # cross-validation starts over
+            if note:
+                new_attrs[schema.REASON] = note
+            if say:
+                self._say(say)
         if checkpoint is not None:
             meta = read_meta(checkpoint)
             for epoch, value in sorted((int(k), v) for k, v in meta["values"].items()):
@@ -292,11 +307,17 @@ class Coordinator:
         """After the worker has its answer, so it trains on while the checkpoint is written."""
         if report.checkpoint is None or self.checkpoints is None or report.number not in self.attrs:
             return
-        try:
-            self.checkpoints.save(schema.config_id(report.number, self.attrs[report.number]), report.epoch,
-                                  report.checkpoint)
-        except Exception as e:  # the trial goes on; only a retry of it would start earlier
-            self.progress.last = f"checkpoint of trial {report.number} not saved: {first_line(e)}"
+        problem = self.checkpoints.save(schema.config_id(report.number, self.attrs[report.number]), report.epoch,
+                                        report.checkpoint)
+        if problem:
+            self._say(problem)
+
+    def _store_errors(self) -> None:
+        """The checkpoint store's failures, for `sweeps status` (when there are new ones)."""
+        checkpoints = self.checkpoints
+        if checkpoints is not None and checkpoints.unsaved:
+            self._db(lambda: self.study.set_user_attr(schema.STORE_ERRORS_ATTR, dict(checkpoints.errors)))
+            checkpoints.unsaved = False
 
     def _tell(self, result: TrialResult, *, fault: bool, defer: bool = False) -> None:
         """Store the outcome now; the checkpoint clean-up and the progress line run now, or after the
@@ -316,12 +337,12 @@ class Coordinator:
             after()
 
     def _after_tell(self, result: TrialResult, config_id: int, retried: bool) -> None:
-        if self.retention is not None and not retried:
+        if self.checkpoints is not None and not retried:
             if result.state == TrialState.COMPLETE:   # as the counts read them: this one, and any since
-                self.retention.rank({schema.config_id(t.number, t.user_attrs): t.value
-                                     for t in self.counter.take_completed() if t.value is not None})
+                self.checkpoints.retention.rank({schema.config_id(t.number, t.user_attrs): t.value
+                                                 for t in self.counter.take_completed() if t.value is not None})
             else:
-                self.retention.discard(config_id)
+                self.checkpoints.retention.discard(config_id)
         self._refresh()
         shown = f"{result.value:.4f}" if result.state == TrialState.COMPLETE and result.value is not None else (
             result.reason or result.state.value)
@@ -335,7 +356,8 @@ class Coordinator:
                 **({schema.FAILURE: result.failure.value} if result.failure else {}), **result.metrics})
         except optuna.exceptions.UpdateFinishedTrialError:
             frozen = self.storage.get_trial(trial._trial_id)
-            if frozen.user_attrs.get(schema.FAILURE) == Failure.COORDINATOR_LOST.value:
+            if (frozen.state == optuna.trial.TrialState.FAIL
+                    and frozen.user_attrs.get(schema.FAILURE) == Failure.COORDINATOR_LOST.value):
                 raise
             return False      # our own earlier attempt got through before the connection dropped
         if result.state == TrialState.COMPLETE and result.value is not None and math.isfinite(result.value):
@@ -364,12 +386,11 @@ class Coordinator:
             self.progress.last = f"confusion matrix of trial {trial.number} not stored: {first_line(e)}"
 
     def summary(self) -> dict[str, Any]:
-        p = self.progress
-        best = self.study.best_trial if p.best_number is not None else None
+        p, best = self.progress, self.best
         return {
             "study": p.study, "n_trials": p.n_trials, "complete": p.complete, "pruned": p.pruned,
             "failed": p.failed, "retried": p.retried, "best_value": p.best_value, "best_trial": p.best_number,
-            "best_params": best.params if best is not None else None,
+            "best_params": schema.full_params(best) if best is not None else None,     # searched and fixed
             "elapsed_seconds": round(p.elapsed, 1), "budget_met": p.finished >= p.n_trials,
             "gpu_hours": p.gpu_hours, "gpu_hours_budget": p.gpu_budget,
             "stopped_by": p.stop_reason or None,

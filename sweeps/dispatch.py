@@ -45,7 +45,8 @@ class Dispatcher(Protocol):
         """Answer trial ``number``'s report of ``epoch``."""
 
     def stop_all(self, reason: str, failure: Failure) -> list[TrialResult]:
-        """Stop every trial in flight; their (failed) results, which ``poll`` will not return."""
+        """Stop every trial in flight (at once, or at its next report where nothing can be killed); their failed
+        results, which ``poll`` will not return, nor any later report of theirs. Then only ``close`` follows."""
 
     def close(self) -> None:
         """Free what ``start`` took."""
@@ -71,7 +72,7 @@ class _Reporter:
 
 
 class _Stopped(Exception):
-    """Raised in a trial thread that ``stop_all`` stopped: the thread ends, its result is dropped."""
+    """Raised in a stopped trial's thread at its next report: the thread ends there, its result is dropped."""
 
 
 class InlineDispatcher:
@@ -90,25 +91,35 @@ class InlineDispatcher:
         self.answers: dict[tuple[int, int], queue.Queue[Decision]] = {}
         self.running: set[int] = set()
         self.stopped: set[int] = set()
+        self.threads: dict[int, threading.Thread] = {}
         self.launched: list[TrialSpec] = []       # every spec, in launch order (tests read it)
 
     def start(self, slots: int, data: Any) -> None:
         self.slots, self.data = slots, data
 
     def idle(self) -> int:
-        return self.slots - len(self.running)
+        """Free slots: a stopped trial's thread holds its slot until it has ended."""
+        busy = len(self.running) + sum(t.is_alive() for n, t in self.threads.items() if n in self.stopped)
+        return max(0, self.slots - busy)
 
     def launch(self, spec: TrialSpec) -> None:
         assert self.idle() > 0, "launch needs an idle slot"
         self.running.add(spec.number)
         self.launched.append(spec)
-        threading.Thread(target=self._run, args=(spec,), name=f"trial-{spec.number}", daemon=True).start()
+        self.threads[spec.number] = thread = threading.Thread(target=self._run, args=(spec,), name=f"trial-{spec.number}",
+                                                              daemon=True)
+        thread.start()
 
     def _run(self, spec: TrialSpec) -> None:
-        result, _ = attempt.run(self.train, spec, self.data, _Reporter(self, spec.number))
-        with self.lock:
-            if spec.number not in self.stopped:
-                self.events.put(result)
+        result = attempt.failed(spec.number, "the trial's thread ended without a result", Failure.ERROR)
+        try:
+            result, _ = attempt.run(self.train, spec, self.data, _Reporter(self, spec.number))
+        except BaseException as e:          # _Stopped, or worse: the slot must still answer
+            result = attempt.error(spec.number, e)
+        finally:
+            with self.lock:
+                if spec.number not in self.stopped:
+                    self.events.put(result)
 
     def poll(self, timeout: float) -> tuple[list[EpochReport], list[TrialResult]]:
         reports: list[EpochReport] = []
@@ -145,4 +156,7 @@ class InlineDispatcher:
         return [attempt.failed(number, reason, failure) for number in stopped]
 
     def close(self) -> None:
+        """Stop what runs, and wait a little for the threads to reach their next report and end."""
         self.stop_all("dispatcher closed", Failure.INTERRUPTED)
+        for thread in self.threads.values():
+            thread.join(timeout=5)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import importlib.util
 import logging
-import math
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -36,7 +35,7 @@ class RayDispatcher:
         self.config = config
         self.address = address
         self.worker = worker
-        self.threads = max(1, int(math.floor(config.cpus)))
+        self.threads = config.threads
         self.actor: Any = None             # the slot actor class, with its resources
         self.broker: Any = None
         self.data: Any = None              # the object-store reference every trial reads
@@ -107,6 +106,7 @@ class RayDispatcher:
         for number, actor in self.in_flight.values():
             ray.kill(actor)
             self.stopped.add(number)
+            self.broker.release.remote(number)
             stopped.append(attempt.failed(number, reason, failure))
         self.in_flight.clear()
         return stopped

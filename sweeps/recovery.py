@@ -94,7 +94,8 @@ def gpu_hours(trials: Iterable[FrozenTrial], gpus: float) -> float:
 
 
 class Counter:
-    """``tally``, the best complete trial and the GPU seconds of a study, reading each finished trial once.
+    """The ``Tally`` of a study's configurations, its best complete trial and its trials' seconds, reading each
+    finished trial once.
 
     Finished trials never change and Optuna lists trials by number, so the
     finished head of the list is counted once and kept; each update looks only

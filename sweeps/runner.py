@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from sweeps import study as schema
-from sweeps.checkpoints import default_location
+from sweeps.checkpoints import CheckpointStore, default_location
 from sweeps.config import ConfigError, SweepConfig
 from sweeps.coordinator import Coordinator
 from sweeps.dispatch import Dispatcher
@@ -24,21 +24,35 @@ def run_sweep(config: SweepConfig, storage_url: str | None = None, *, ray_addres
               on_progress: ProgressCallback | None = None, dispatcher: Dispatcher | None = None) -> dict[str, Any]:
     """Create the study and run it until its budget is met (on Ray unless a ``dispatcher`` is given)."""
     arrays = _load_data(config)
+    notices = []
     if config.checkpoint_store is None:
-        config = config.replace(checkpoint_store=default_location(resolve_url(storage_url)))
+        url = resolve_url(storage_url)
+        config = config.replace(checkpoint_store=default_location(url))
+        if not url.startswith("sqlite"):
+            notices.append(f"checkpoints go to {config.checkpoint_store} on this machine; to resume on another, set "
+                           "checkpoints.store to a folder every machine shares or s3://bucket/prefix "
+                           "(or later: sweeps resume --checkpoint-store)")
     study = schema.create(config, storage_url, {**config.dataset.to_dict(), **arrays.describe()})
-    return Coordinator(study, config, arrays, dispatcher or _ray(config, ray_address), on_progress=on_progress).run()
+    coordinator = Coordinator(study, config, arrays, dispatcher or _ray(config, ray_address), on_progress=on_progress)
+    coordinator.notices += notices
+    return coordinator.run()
 
 
 def resume_sweep(name: str, storage_url: str | None = None, *, n_trials: int | None = None,
-                 max_failed_trials: int | None = None, ray_address: str | None = None,
-                 on_progress: ProgressCallback | None = None, dispatcher: Dispatcher | None = None) -> dict[str, Any]:
-    """Continue a stored study until its budget is met; the config comes from the study, the budget may change."""
+                 max_failed_trials: int | None = None, checkpoint_store: str | None = None,
+                 ray_address: str | None = None, on_progress: ProgressCallback | None = None,
+                 dispatcher: Dispatcher | None = None) -> dict[str, Any]:
+    """Continue a stored study until its budget is met; the config comes from the study, the budget and the
+    checkpoint store may change (``checkpoint_store``: a folder or s3:// this machine reaches)."""
     study = schema.load(name, storage_url)
     config = schema.load_config(study)
     arrays = _load_data(config, resuming=True)     # before anything is written to the study
-    if n_trials is not None or max_failed_trials is not None:
-        config = config.replace(n_trials=n_trials, max_failed_trials=max_failed_trials)
+    changes = {"n_trials": n_trials, "max_failed_trials": max_failed_trials, "checkpoint_store": checkpoint_store}
+    if any(v is not None for v in changes.values()):
+        config = config.replace(**changes)
+        key = schema.checkpoint_key(study)
+        if checkpoint_store is not None and key:
+            CheckpointStore(str(config.checkpoint_store), key)        # reachable, or one line before any write
         study.set_user_attr(schema.CONFIG_ATTR, config.to_dict())
     return Coordinator(study, config, arrays, dispatcher or _ray(config, ray_address), on_progress=on_progress).run()
 

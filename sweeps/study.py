@@ -28,6 +28,7 @@ CONFIG_ATTR = "sweeps:config"     # the resolved config (SweepConfig.to_dict): a
 DATASET_ATTR = "sweeps:dataset"   # the dataset reference, shape and class names
 VERSION_ATTR = "sweeps:version"
 UID_ATTR = "sweeps:uid"           # names the study's checkpoint folder, unique across databases
+STORE_ERRORS_ATTR = "sweeps:store_errors"   # checkpoint writes that failed: {count, last}
 
 # -- trial attributes ----------------------------------------------------------------------------
 SEED = "seed"                     # the seed the trial trained with (a retry keeps its configuration's)

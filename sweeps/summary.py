@@ -40,6 +40,8 @@ def status(name: str, storage_url: str | None) -> dict[str, Any]:
         "elapsed_seconds": round(elapsed, 1),
         "gpu_hours": round(gpu_hours(trials, config.get("resources", {}).get("gpus", 0) or 0), 5),
         "gpu_hours_budget": config.get("budget", {}).get("gpu_hours"),
+        "checkpoint_store": config.get("checkpoints", {}).get("store"),
+        "store_errors": study.user_attrs.get(schema.STORE_ERRORS_ATTR, {"count": 0, "last": ""}),
         "trials": [_trial_row(t) for t in trials],
     }
 

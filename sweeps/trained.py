@@ -84,7 +84,7 @@ def _kept_weights(study: optuna.Study, config: SweepConfig,
     if not (config.checkpoint_store and key):
         return None, ""
     try:
-        raw = CheckpointStore(config.checkpoint_store, key).load(schema.config_id(trial.number, trial.user_attrs))
+        raw, _ = CheckpointStore(config.checkpoint_store, key).load(schema.config_id(trial.number, trial.user_attrs))
     except SweepsError:
         return None, ""
     if raw is None:

@@ -13,6 +13,7 @@ import subprocess
 import time
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -87,3 +88,16 @@ def ray_head_node(_private_data_home: None) -> Iterator[tuple[subprocess.Popen[b
 def ray_head(ray_head_node: tuple[subprocess.Popen[bytes], str]) -> str:
     """The address of the session's Ray head (``ray_head_node``)."""
     return ray_head_node[1]
+
+
+@pytest.fixture()
+def tiny_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 64 KiB tmpfs mounted for one test (a full disk on demand), unmounted by the test's end. Needs root,
+    as the tests have on this project's machines and in CI."""
+    where = tmp_path / "tiny"
+    where.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(where)], check=True, capture_output=True)
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", "-l", str(where)], check=False, capture_output=True)

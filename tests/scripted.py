@@ -33,8 +33,9 @@ class Scripted:
     """``(spec, data, reporter) -> TrialResult``, the real trainer's signature; records what it saw."""
 
     def __init__(self, value: Callable[[dict[str, Any], int], float] = curve, on_epoch: Hook | None = None,
-                 delay: float = 0.0) -> None:
+                 delay: float = 0.0, weights: int = 2) -> None:
         self.value, self.on_epoch, self.delay = value, on_epoch, delay
+        self.weights = weights            # float32 "weights" in each checkpoint: its size
         self.lock = threading.Lock()
         self.running = 0
         self.most_running = 0
@@ -67,7 +68,7 @@ class Scripted:
             values[epoch] = value
             if better(value, best, spec.maximize):
                 best, best_epoch = value, epoch
-            state = (ckpt.pack(ckpt.Checkpoint(epoch, [np.full(2, epoch, "float32")], [], best, best_epoch, None,
+            state = (ckpt.pack(ckpt.Checkpoint(epoch, [np.full(self.weights, epoch, "float32")], [], best, best_epoch, None,
                                                values)) if spec.save_checkpoints else None)
             decision = reporter.report(EpochReport(spec.number, epoch, value, {spec.metric: value}, state))
             self.decisions[spec.number].append(decision)

@@ -348,3 +348,103 @@ def test_a_running_trial_that_never_beat_is_recovered_after_the_grace_period(fol
     assert retry.state == TS.COMPLETE and summary["budget_met"]
     assert not [t for t in trials if t.state in (TS.RUNNING, TS.WAITING)]
     assert any(f"trial(s) {orphan.number} lost their coordinator" in line for line in said)
+
+
+def test_a_damaged_checkpoint_is_passed_over_for_the_other_slot_and_the_retry_says_so(folder: Path) -> None:
+    def damage_then_fail(spec: TrialSpec, epoch: int) -> None:
+        if spec.number == 0 and epoch == 4:
+            time.sleep(0.2)                          # epoch 3's checkpoint is written after its answer
+            [slot] = (folder / "store").glob("tiny-*/config-0.1.ckpt")       # epoch 3: odd slot
+            blob = bytearray(slot.read_bytes())
+            blob[-100] ^= 0xFF
+            slot.write_bytes(bytes(blob))
+            raise RuntimeError("worker crashed")
+
+    _run(folder, Scripted(on_epoch=damage_then_fail), budget={"n_trials": 1}, parallel=1, epochs=5)
+    [failed, retry] = _trials(folder)
+    assert failed.state == TS.FAIL and retry.state == TS.COMPLETE
+    assert retry.user_attrs[schema.START_EPOCH] == 2, "epoch 3's slot is damaged: the retry starts after epoch 2"
+    assert retry.user_attrs[schema.REASON].startswith("a checkpoint of configuration 0 was unusable (slot 1: its "
+                                                      "checksum does not match")
+    assert sorted(retry.intermediate_values) == [1, 2, 3, 4, 5]
+
+
+def test_a_full_disk_loses_checkpoints_not_trials_and_status_warns(tiny_disk: Path, folder: Path,
+                                                                    capsys: pytest.CaptureFixture) -> None:
+    said: list[str] = []
+    summary = run_sweep(_config(folder, budget={"n_trials": 2}, parallel=1, checkpoints={"store": str(tiny_disk)}),
+                        f"sqlite:///{folder}/s.db", dispatcher=InlineDispatcher(Scripted(weights=30_000)),
+                        on_progress=lambda p: said.append(p.last))
+    assert summary["complete"] == 2, "the trials go on without their checkpoints"
+    assert any("not saved: [Errno 28] No space left on device" in line for line in said)
+    code, out, _ = cli_here(capsys, "status", "tiny", "--storage", f"sqlite:///{folder}/s.db")
+    assert code == 0 and "WARNING: 8 checkpoint write(s) to" in out and "No space left on device" in out
+
+
+def test_resume_can_point_a_study_at_another_checkpoint_store(folder: Path) -> None:
+    def ctrl_c_twice(spec: TrialSpec, epoch: int) -> None:
+        if spec.number == 0 and epoch == 3:
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.1)
+            os.kill(os.getpid(), signal.SIGINT)
+
+    _run(folder, Scripted(on_epoch=ctrl_c_twice), budget={"n_trials": 1}, parallel=1)
+    url = f"sqlite:///{folder}/s.db"
+    before = optuna.load_study(study_name="tiny", storage=url).user_attrs[schema.CONFIG_ATTR]
+    with pytest.raises(SweepsError, match="cannot create it .* --checkpoint-store"):
+        resume_sweep("tiny", url, checkpoint_store="/proc/no-such-store", dispatcher=InlineDispatcher(Scripted()))
+    assert optuna.load_study(study_name="tiny", storage=url).user_attrs[schema.CONFIG_ATTR] == before
+
+    said: list[str] = []
+    elsewhere = folder / "elsewhere"
+    resume_sweep("tiny", url, checkpoint_store=str(elsewhere), dispatcher=InlineDispatcher(Scripted()),
+                 on_progress=lambda p: said.append(p.last))
+    config = optuna.load_study(study_name="tiny", storage=url).user_attrs[schema.CONFIG_ATTR]
+    assert config["checkpoints"]["store"] == str(elsewhere)
+    retry = _trials(folder)[1]
+    assert retry.state == TS.COMPLETE and schema.START_EPOCH not in retry.user_attrs   # epoch 0: nothing there
+    assert sum("retries without one start at epoch 0" in line for line in set(said)) == 1
+    assert list(elsewhere.glob("tiny-*/config-0.*.ckpt")), "the new store holds the checkpoints from now on"
+
+
+def test_a_database_server_without_a_checkpoint_store_says_where_checkpoints_go(pg_url: str, folder: Path) -> None:
+    said: list[str] = []
+    name = f"where-{os.getpid()}-{folder.name}"[:60]
+    raw = _config(folder, study=name, budget={"n_trials": 1}).to_dict()
+    raw["checkpoints"]["store"] = None
+    run_sweep(from_dict(raw, source="test"), pg_url, dispatcher=InlineDispatcher(Scripted()),
+              on_progress=lambda p: said.append(p.last))
+    [line] = [s for s in set(said) if s.startswith("checkpoints go to")]
+    assert "on this machine; to resume on another" in line and "s3://" in line and "--checkpoint-store" in line
+
+
+def test_every_unreadable_result_of_one_poll_is_recorded(folder: Path) -> None:
+    """Every slot fails on a missing folder at the same moment: both results arrive in one poll, both are told."""
+    together = threading.Barrier(2, timeout=10)
+
+    def unreadable(spec: TrialSpec, epoch: int) -> TrialResult:
+        together.wait()
+        return attempt.failed(spec.number, "dataset not readable on this worker: no folder /data", Failure.DATASET)
+
+    def hold_the_loop(progress: Any) -> None:
+        if progress.last == "trial 1 started":       # both threads post their results before the next poll
+            time.sleep(0.5)
+
+    with pytest.raises(SweepsError, match="dataset not readable"):
+        run_sweep(_config(folder, budget={"n_trials": 4}, parallel=2), f"sqlite:///{folder}/s.db",
+                  dispatcher=InlineDispatcher(Scripted(on_epoch=unreadable)), on_progress=hold_the_loop)
+    trials = _trials(folder)
+    assert not [t for t in trials if t.state == TS.RUNNING], [(t.number, t.state) for t in trials]
+    assert {t.number for t in trials if t.state == TS.FAIL} == {0, 1}
+    assert {t.user_attrs[schema.RETRY_OF] for t in trials if t.state == TS.WAITING} == {0, 1}
+
+
+def test_a_trial_thread_that_dies_of_a_base_exception_still_answers(folder: Path) -> None:
+    def exits(spec: TrialSpec, epoch: int) -> None:
+        if spec.number == 0 and epoch == 2:
+            raise SystemExit(3)
+
+    summary, _ = _run(folder, Scripted(on_epoch=exits), budget={"n_trials": 2}, parallel=1)
+    failed = _trials(folder)[0]
+    assert failed.state == TS.FAIL and failed.user_attrs[schema.REASON].startswith("SystemExit: 3")
+    assert summary["complete"] == 2 and summary["retried"] == 1

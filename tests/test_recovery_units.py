@@ -107,28 +107,54 @@ def test_only_one_of_two_recoverers_fails_a_stale_trial(tmp_path: Path) -> None:
     assert len([t for t in trials if t.state == TS.WAITING]) == 1
 
 
-def _ckpt(epoch: int) -> bytes:
+def _ckpt(epoch: int, size: int = 3) -> bytes:
     import numpy as np
 
-    return checkpoint.pack(checkpoint.Checkpoint(epoch, [np.full(3, epoch, np.float32)], [np.int64(epoch)],
+    return checkpoint.pack(checkpoint.Checkpoint(epoch, [np.full(size, epoch, np.float32)], [np.int64(epoch)],
                                                  0.5, epoch, None, {e: 0.1 * e for e in range(1, epoch + 1)}))
 
 
-def test_checkpoint_slots_survive_a_spoilt_write(tmp_path: Path) -> None:
+def test_checkpoint_slots_are_written_whole_and_checked_when_read(tmp_path: Path) -> None:
     store = CheckpointStore(str(tmp_path / "artifacts"), "study one/x")
-    assert store.load(7) is None
+    folder = tmp_path / "artifacts" / "study_one_x"
+    assert store.load(7) == (None, "")
     store.save(7, 1, _ckpt(1))
     store.save(7, 2, _ckpt(2))
-    assert checkpoint.read_meta(store.load(7))["epoch"] == 2
-    store.save(7, 3, _ckpt(3)[:100])         # a crash mid-write leaves a truncated file
-    assert checkpoint.read_meta(store.load(7))["epoch"] == 2
-    files = sorted(p.name for p in (tmp_path / "artifacts" / "study_one_x").iterdir())
-    assert files == ["config-7.0.ckpt", "config-7.1.ckpt"]
+    data, note = store.load(7)
+    assert checkpoint.read_meta(data)["epoch"] == 2 and note == ""
+    assert sorted(p.name for p in folder.iterdir()) == ["config-7.0.ckpt", "config-7.1.ckpt"]   # no temporary left
+
+    slot = folder / "config-7.0.ckpt"                 # epoch 2's slot: one flipped byte in its arrays
+    blob = bytearray(slot.read_bytes())
+    blob[-200] ^= 0xFF
+    slot.write_bytes(bytes(blob))
+    data, note = store.load(7)
+    assert checkpoint.read_meta(data)["epoch"] == 1, "the other slot, whose checksum holds"
+    assert "configuration 7 was unusable (slot 0: its checksum does not match" in note and "resumed from epoch 1" in note
+    (folder / "config-7.1.ckpt").write_bytes(b"garbage")
+    data, note = store.load(7)
+    assert data is None and "started at epoch 0" in note and "slot 1: not a sweeps checkpoint" in note
+
+    (folder / "config-8.0.ckpt").write_bytes(_ckpt(4))      # written before checksums: still readable
+    assert checkpoint.read_meta(store.load(8)[0])["epoch"] == 4
     store.remove(7)
     store.remove(7)                           # twice is fine
-    assert store.load(7) is None and not list((tmp_path / "artifacts" / "study_one_x").iterdir())
+    assert store.load(7) == (None, "") and sorted(p.name for p in folder.iterdir()) == ["config-8.0.ckpt"]
     with pytest.raises(ValueError):
         checkpoint.read_meta(b"not a checkpoint")
+
+
+def test_a_full_disk_leaves_the_slot_as_it_was(tiny_disk: Path) -> None:
+    """A store on a 64 KiB tmpfs: the write that does not fit fails with ENOSPC, and the slot keeps its epoch."""
+    import errno
+
+    store = CheckpointStore(str(tiny_disk), "s")
+    store.save(3, 2, _ckpt(2))
+    with pytest.raises(OSError) as full:
+        store.save(3, 4, _ckpt(4, size=40_000))        # the same slot (even epochs): 160 KB into 64 KiB
+    assert full.value.errno == errno.ENOSPC
+    assert checkpoint.read_meta(store.load(3)[0])["epoch"] == 2
+    assert sorted(p.name for p in (tiny_disk / "s").iterdir()) == ["config-3.0.ckpt"]     # no temporary left
 
 
 def test_default_checkpoint_location(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -157,11 +183,11 @@ def test_checkpoints_in_an_s3_bucket(tmp_path: Path, monkeypatch: pytest.MonkeyP
         store = CheckpointStore("s3://sweeps-ckpt/team/a", "study-1")
         store.save(4, 1, _ckpt(1))
         store.save(4, 2, _ckpt(2))
-        assert checkpoint.read_meta(store.load(4))["epoch"] == 2
+        assert checkpoint.read_meta(store.load(4)[0])["epoch"] == 2
         keys = sorted(o["Key"] for o in client.list_objects_v2(Bucket="sweeps-ckpt")["Contents"])
         assert keys == ["team/a/study-1/config-4.0.ckpt", "team/a/study-1/config-4.1.ckpt"]
         store.remove(4)
-        assert store.load(4) is None and client.list_objects_v2(Bucket="sweeps-ckpt")["KeyCount"] == 0
+        assert store.load(4) == (None, "") and client.list_objects_v2(Bucket="sweeps-ckpt")["KeyCount"] == 0
     finally:
         server.terminate()
         server.wait(timeout=30)

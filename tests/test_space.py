@@ -44,6 +44,7 @@ def test_the_trial_spec_fills_defaults_and_carries_the_direction() -> None:
     assert params["learning_rate"] == 0.1 and params["optimizer"] == "adam" and params["augment"] == 0.0
     assert (spec.number, spec.seed, spec.epochs, spec.metric, spec.maximize) == (7, 3, TINY_SPACE["epochs"], "val_loss",
                                                                                False)
+    assert cfg.trial_spec(7, {}, seed=3, epochs=0).epochs == 0        # a rerun of a trial that ran no epoch
 
 
 def test_grid_covers_every_combination() -> None:

@@ -31,12 +31,19 @@ def run(train: Train, spec: TrialSpec, data: Any, reporter: Reporter) -> tuple[T
         arrays, source = materialize(data)
     except DatasetError as e:     # this machine cannot read the folder: no trial can run here
         return failed(spec.number, f"dataset not readable on this worker: {e}", Failure.DATASET), ""
+    except Exception as e:        # any other trouble reading it fails this trial like an error in training
+        return error(spec.number, e), ""
     try:
         return train(spec, arrays, reporter), source
     except Exception as e:  # the trial fails; whatever runs it stays usable
-        last = traceback.extract_tb(e.__traceback__)[-1:]
-        where = f" ({os.path.basename(last[0].filename)}:{last[0].lineno})" if last else ""
-        return failed(spec.number, f"{type(e).__name__}: {e}{where}", Failure.ERROR), source
+        return error(spec.number, e), source
+
+
+def error(number: int, e: BaseException) -> TrialResult:
+    """A failed result naming the exception and where it was raised (file:line)."""
+    last = traceback.extract_tb(e.__traceback__)[-1:]
+    where = f" ({os.path.basename(last[0].filename)}:{last[0].lineno})" if last else ""
+    return failed(number, f"{type(e).__name__}: {e}{where}", Failure.ERROR)
 
 
 def failed(number: int, reason: str, failure: Failure, epochs_run: int = 0) -> TrialResult:

@@ -1,9 +1,9 @@
 """Every hyperparameter a trial understands, once: name, kind, default, bounds or choices, help.
 
-The config validator (``sweeps/config.py``), the trainer's defaults
-(``workers/spec.py``) and the README's parameter table all read this table;
-``tests/test_config.py`` checks the README against ``readme_table()``. An
-unknown name is an error.
+The config validator (``sweeps/parameters.py``), the trial spec's defaults
+(``SweepConfig.trial_spec``) and the README's parameter table all come from
+this table; ``tests/test_architecture.py`` checks the README against
+``readme_table()``. An unknown name is an error.
 """
 
 from __future__ import annotations

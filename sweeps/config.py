@@ -64,6 +64,7 @@ class SweepConfig:
     heartbeat_interval: float = 10.0
     grace_period: float = 60.0
     database_timeout: float = 300.0
+    stall_timeout: float | None = None    # seconds without a report before a trial counts as stalled (None: auto)
     checkpoint_store: str | None = None   # folder or s3://bucket/prefix; None: decided from the storage URL
     keep_best: int = 3                    # finished trials whose last checkpoint is kept
     deterministic: bool = False           # TensorFlow op determinism: `rerun` repeats a value exactly
@@ -94,7 +95,8 @@ class SweepConfig:
             "parallel": self.parallel,
             "resources": {"cpus": self.cpus, "gpus": self.gpus},
             "recovery": {"max_retries": self.max_retries, "heartbeat_interval": self.heartbeat_interval,
-                         "grace_period": self.grace_period, "database_timeout": self.database_timeout},
+                         "grace_period": self.grace_period, "database_timeout": self.database_timeout,
+                         "stall_timeout": self.stall_timeout},
             "checkpoints": {"store": self.checkpoint_store, "keep_best": self.keep_best},
             "parameters": {name: p.to_dict() for name, p in self.parameters.items()},
         }

@@ -27,12 +27,13 @@ import optuna
 from sweeps import recovery, space
 from sweeps import storage as db
 from sweeps import study as schema
-from sweeps.artifacts import artifact_store, upload_confusion_matrix
+from sweeps.artifacts import artifact_store
 from sweeps.budget import Budget
 from sweeps.checkpoints import Checkpoints, CheckpointStore
 from sweeps.config import SweepConfig
 from sweeps.dispatch import Dispatcher
-from sweeps.errors import SweepFailed, SweepsError, first_line
+from sweeps.errors import SweepFailed, SweepsError
+from sweeps.outcome import Outcomes
 from sweeps.progress import Progress, ProgressCallback
 from workers import data as datasets
 from workers.checkpoint import read_meta
@@ -69,8 +70,11 @@ class Coordinator:
         self.checkpoints = Checkpoints(CheckpointStore(config.checkpoint_store, key), config.keep_best,
                                        schema.maximize(study), study.user_attrs.get(schema.STORE_ERRORS_ATTR)) \
             if config.checkpoint_store and key else None
-        self.artifacts = artifact_store(config.checkpoint_store) if self.checkpoints else None
+        self.outcomes = Outcomes(study, self.storage, config.max_retries,
+                                 artifact_store(config.checkpoint_store) if self.checkpoints else None,
+                                 arrays.class_names, self._note)
         self.counter = recovery.Counter(schema.maximize(study))
+        self.stalls = recovery.StallWatch(config.stall_timeout)
         self.best: optuna.trial.FrozenTrial | None = None    # the best complete trial, as the counts read it
         self.last_beat = 0.0
         self.last_count = 0.0
@@ -126,6 +130,7 @@ class Coordinator:
         reports, results = self.dispatcher.poll(self.POLL_SECONDS)
         self._relay_reports(reports)
         self._collect_results(results)
+        self._stop_stalled()
         return True
 
     def _take_signals(self) -> dict[int, Any]:
@@ -151,6 +156,10 @@ class Coordinator:
         self.progress.last = line
         self.on_progress(self.progress)
 
+    def _note(self, line: str) -> None:
+        """A line for the display's next update (no update of its own)."""
+        self.progress.last = line
+
     def _say_skipped(self) -> None:
         skipped = self.arrays.skipped
         if skipped:
@@ -164,6 +173,7 @@ class Coordinator:
             if spec is None:
                 return
             self.dispatcher.launch(spec)
+            self.stalls.started(spec.number, time.monotonic())
             attrs = self.attrs[spec.number]
             retry = (f" (retry of trial {attrs[schema.RETRY_OF]}, from epoch {attrs.get(schema.START_EPOCH, 0)})"
                      if schema.RETRY_OF in attrs else "")
@@ -175,8 +185,18 @@ class Coordinator:
         for task in tasks:
             task()
 
+    def _stop_stalled(self) -> None:
+        """Trials silent past the stall limit: their process replaced, failed as stalled, retried like a lost worker."""
+        limit = self.stalls.limit()
+        for number in self.stalls.stalled(time.monotonic()):
+            shown = f"{limit:.0f}s" if limit >= 10 else f"{limit:.1f}s"
+            result = self.dispatcher.stop(number, f"stalled: no report for {shown}", Failure.STALLED)
+            if result is not None:
+                self._tell(result, fault=True)
+
     def _relay_reports(self, reports: list[EpochReport]) -> None:
         for report in reports:
+            self.stalls.reported(report.number, time.monotonic())
             self.dispatcher.decide(report.number, report.epoch, self._relay(report))
             self._save_checkpoint(report)    # stored before this trial's result can be told
 
@@ -323,10 +343,11 @@ class Coordinator:
         """Store the outcome now; the checkpoint clean-up and the progress line run now, or after the
         next launch when ``defer`` (so a freed slot gets its next trial first)."""
         number = result.number
+        self.stalls.forget(number)
         trial = self.trials.pop(number)
         attrs = self.attrs.pop(number)
         try:
-            retried = self._db(lambda: self._store_result(trial, attrs, result, fault))
+            retried = self._db(lambda: self.outcomes.store(trial, attrs, result, fault))
         except optuna.exceptions.UpdateFinishedTrialError:
             self._say(f"trial {number} was taken for lost by another coordinator; its retry continues it")
             return
@@ -347,43 +368,6 @@ class Coordinator:
         shown = f"{result.value:.4f}" if result.state == TrialState.COMPLETE and result.value is not None else (
             result.reason or result.state.value)
         self._say(f"trial {result.number} {result.state.value}: {shown}" + (" (queued again)" if retried else ""))
-
-    def _store_result(self, trial: optuna.Trial, attrs: dict[str, Any], result: TrialResult, fault: bool) -> bool:
-        """Write the outcome; for a failure, queue its retry. Safe to run again after a dropped connection."""
-        try:      # refused once the trial is finished: only then is it read back, to learn who finished it
-            db.set_user_attrs(self.storage, trial._trial_id, {
-                schema.EPOCHS_RUN: result.epochs_run, **({schema.REASON: result.reason} if result.reason else {}),
-                **({schema.FAILURE: result.failure.value} if result.failure else {}), **result.metrics})
-        except optuna.exceptions.UpdateFinishedTrialError:
-            frozen = self.storage.get_trial(trial._trial_id)
-            if (frozen.state == optuna.trial.TrialState.FAIL
-                    and frozen.user_attrs.get(schema.FAILURE) == Failure.COORDINATOR_LOST.value):
-                raise
-            return False      # our own earlier attempt got through before the connection dropped
-        if result.state == TrialState.COMPLETE and result.value is not None and math.isfinite(result.value):
-            self._upload_confusion_matrix(trial, result)
-            self.study.tell(trial, result.value)
-            return False
-        if result.state == TrialState.PRUNED:
-            self.study.tell(trial, state=optuna.trial.TrialState.PRUNED)
-            return False
-        if result.state == TrialState.COMPLETE:       # nothing finite was measured: retrying will not help
-            trial.set_user_attr(schema.REASON, "no finite metric was measured")
-            self.study.tell(trial, state=optuna.trial.TrialState.FAIL)
-            return False
-        self.study.tell(trial, state=optuna.trial.TrialState.FAIL)
-        return recovery.enqueue_retry(self.study, trial.number, trial.params, attrs, fault=fault,
-                                      max_retries=self.config.max_retries)
-
-    def _upload_confusion_matrix(self, trial: optuna.Trial, result: TrialResult) -> None:
-        """A PNG artifact on the trial, shown by optuna-dashboard; best effort, the result matters more."""
-        matrix = result.metrics.get("confusion_matrix")
-        if self.artifacts is None or not matrix:
-            return
-        try:
-            upload_confusion_matrix(self.artifacts, trial, matrix, self.arrays.class_names)
-        except Exception as e:
-            self.progress.last = f"confusion matrix of trial {trial.number} not stored: {first_line(e)}"
 
     def summary(self) -> dict[str, Any]:
         p, best = self.progress, self.best

@@ -44,6 +44,10 @@ class Dispatcher(Protocol):
     def decide(self, number: int, epoch: int, decision: Decision) -> None:
         """Answer trial ``number``'s report of ``epoch``."""
 
+    def stop(self, number: int, reason: str, failure: Failure) -> TrialResult | None:
+        """Stop one trial and free its slot for another (a fresh process, where there is one); its failed result,
+        which ``poll`` will not return (None when it is not in flight)."""
+
     def stop_all(self, reason: str, failure: Failure) -> list[TrialResult]:
         """Stop every trial in flight (at once, or at its next report where nothing can be killed); their failed
         results, which ``poll`` will not return, nor any later report of theirs. Then only ``close`` follows."""
@@ -144,6 +148,18 @@ class InlineDispatcher:
             answer = self.answers.pop((number, epoch), None)
         if answer is not None:
             answer.put(decision)
+
+    def stop(self, number: int, reason: str, failure: Failure) -> TrialResult | None:
+        """A thread cannot be killed: it is left to end at its next report, and holds its slot until then."""
+        with self.lock:
+            if number not in self.running:
+                return None
+            self.stopped.add(number)
+            self.running.discard(number)
+            waiting = [self.answers.pop(key) for key in [k for k in self.answers if k[0] == number]]
+        for answer in waiting:
+            answer.put(Decision.PRUNE)
+        return attempt.failed(number, reason, failure)
 
     def stop_all(self, reason: str, failure: Failure) -> list[TrialResult]:
         with self.lock:

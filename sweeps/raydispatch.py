@@ -99,6 +99,20 @@ class RayDispatcher:
     def decide(self, number: int, epoch: int, decision: Decision) -> None:
         self.broker.decide.remote(number, epoch, decision)
 
+    def stop(self, number: int, reason: str, failure: Failure) -> TrialResult | None:
+        """Kill the trial's process (a stopped or hung one too) and put a fresh slot actor in its place."""
+        import ray
+
+        ref = next((r for r, (n, _) in self.in_flight.items() if n == number), None)
+        if ref is None:
+            return None
+        _, actor = self.in_flight.pop(ref)
+        ray.kill(actor)
+        self.stopped.add(number)
+        self.broker.release.remote(number)
+        self.free.append(self.actor.remote(self.threads))
+        return attempt.failed(number, reason, failure)
+
     def stop_all(self, reason: str, failure: Failure) -> list[TrialResult]:
         import ray
 

@@ -10,6 +10,8 @@ retry does not count, the retry does.
 from __future__ import annotations
 
 import datetime
+import statistics
+from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -91,6 +93,57 @@ def gpu_hours(trials: Iterable[FrozenTrial], gpus: float) -> float:
     seconds = sum(((t.datetime_complete or now) - t.datetime_start).total_seconds()
                   for t in trials if t.datetime_start is not None and t.state != TrialState.WAITING)
     return max(0.0, seconds) * gpus / 3600.0
+
+
+class StallWatch:
+    """When each running trial last said something, and how long is too long.
+
+    Heartbeats prove the coordinator lives, not that a trial moves: a trial
+    silent for longer than the limit is stalled. The limit is
+    ``recovery.stall_timeout`` when set, else three times the median time
+    between two reports seen so far plus two minutes, and half an hour
+    before any such time was seen. A trial's first report gets five minutes
+    more: before it, a fresh slot imports its framework and the first epoch
+    traces the model.
+    """
+
+    FLOOR = 120.0
+    UNSEEN = 1800.0
+    FIRST_REPORT = 300.0
+
+    def __init__(self, timeout: float | None) -> None:
+        self.timeout = timeout
+        self.heard: dict[int, float] = {}           # running trial -> when it last reported (or started)
+        self.silent: set[int] = set()               # running trials that have not reported yet
+        self.gaps: deque[float] = deque(maxlen=500)  # the latest times between two reports of a trial
+
+    def started(self, number: int, now: float) -> None:
+        self.heard[number] = now
+        self.silent.add(number)
+
+    def reported(self, number: int, now: float) -> None:
+        last = self.heard.get(number)
+        if last is None:
+            return
+        if number in self.silent:
+            self.silent.discard(number)
+        else:
+            self.gaps.append(now - last)
+        self.heard[number] = now
+
+    def forget(self, number: int) -> None:
+        self.heard.pop(number, None)
+        self.silent.discard(number)
+
+    def limit(self) -> float:
+        if self.timeout is not None:
+            return self.timeout
+        return 3 * statistics.median(self.gaps) + self.FLOOR if self.gaps else self.UNSEEN
+
+    def stalled(self, now: float) -> list[int]:
+        limit = self.limit()
+        return [number for number, last in self.heard.items()
+                if now - last > limit + (self.FIRST_REPORT if number in self.silent else 0.0)]
 
 
 class Counter:

@@ -270,7 +270,7 @@ class Sections(Checks):
         return {"cpus": float(cpus), "gpus": float(gpus)}
 
     def recovery(self, raw: dict[str, Any], _: dict[str, Any]) -> dict[str, Any]:
-        recovery = self.mapping("recovery", raw.get("recovery"), set(RECOVERY_DEFAULTS))
+        recovery = self.mapping("recovery", raw.get("recovery"), {*RECOVERY_DEFAULTS, "stall_timeout"})
         out: dict[str, Any] = {"max_retries": self.integer("recovery.max_retries", recovery.get("max_retries", 2),
                                                            low=0)}
         for k in ("heartbeat_interval", "grace_period", "database_timeout"):
@@ -279,6 +279,9 @@ class Sections(Checks):
             self.fail("recovery.grace_period", f"must be at least twice heartbeat_interval "
                                                f"({out['heartbeat_interval']:g}s), or live trials would be taken "
                                                f"for lost; got {out['grace_period']:g}")
+        stall = recovery.get("stall_timeout")
+        out["stall_timeout"] = None if stall is None else float(self.number("recovery.stall_timeout", stall, low=0,
+                                                                            low_ok=False))
         return out
 
     def checkpoints(self, raw: dict[str, Any], _: dict[str, Any]) -> dict[str, Any]:

@@ -448,3 +448,37 @@ def test_a_trial_thread_that_dies_of_a_base_exception_still_answers(folder: Path
     failed = _trials(folder)[0]
     assert failed.state == TS.FAIL and failed.user_attrs[schema.REASON].startswith("SystemExit: 3")
     assert summary["complete"] == 2 and summary["retried"] == 1
+
+
+def test_a_hung_trial_is_stopped_as_stalled_and_retried_from_its_checkpoint(folder: Path) -> None:
+    """Heartbeats prove the coordinator lives, not that a trial moves: one silent past recovery.stall_timeout is
+    failed as stalled, its slot given a fresh worker, and it is retried from its checkpoint."""
+    def hang(spec: TrialSpec, epoch: int) -> None:
+        if spec.number == 0 and epoch == 3:
+            time.sleep(1.5)                       # hung (kill -STOP on a real trainer); this thread ends after
+
+    summary, _ = _run(folder, Scripted(on_epoch=hang, delay=0.02), budget={"n_trials": 3}, parallel=2,
+                      recovery={"stall_timeout": 0.5})
+    trials = _trials(folder)
+    stalled = trials[0]
+    assert stalled.state == TS.FAIL and stalled.user_attrs[schema.REASON] == "stalled: no report for 0.5s"
+    assert stalled.user_attrs[schema.FAILURE] == Failure.STALLED.value
+    [retry] = [t for t in trials if t.user_attrs.get(schema.RETRY_OF) == 0]
+    assert retry.state == TS.COMPLETE and retry.user_attrs[schema.START_EPOCH] == 2 and retry.user_attrs[schema.FAULTS] == 1
+    assert summary["complete"] == 3 and summary["budget_met"]
+
+
+def test_the_stall_limit_follows_the_epochs_seen() -> None:
+    from sweeps.recovery import StallWatch
+
+    watch = StallWatch(None)
+    assert watch.limit() == 1800.0                     # nothing seen yet
+    watch.started(1, 0.0)
+    for t in (50.0, 60.0, 70.0, 81.0):                 # the first report (import, tracing) is not an epoch time
+        watch.reported(1, t)
+    assert watch.limit() == 3 * 10.0 + 120.0            # three median epochs and two minutes
+    assert watch.stalled(200.0) == [] and watch.stalled(232.0) == [1]
+    watch.started(2, 100.0)                             # before its first report: five minutes more
+    assert 2 not in watch.stalled(400.0) and 2 in watch.stalled(551.0)
+    watch.forget(2)
+    assert watch.stalled(1000.0) == [1] and StallWatch(7.5).limit() == 7.5

@@ -110,3 +110,15 @@ def test_a_dead_ray_worker_is_a_lost_worker_and_its_slot_is_replaced(ray_head: s
         assert again.state == TrialState.COMPLETE
     finally:
         d.close()
+
+
+def test_stop_one_trial_leaves_the_others_running(dispatcher: Dispatcher) -> None:
+    dispatcher.launch(_spec(0, "slow", epochs=50))
+    dispatcher.launch(_spec(1, "slow", epochs=3))
+    stopped = dispatcher.stop(0, "stalled: no report for 1.0s", Failure.STALLED)
+    assert stopped is not None and stopped.state == TrialState.FAILED and stopped.failure == Failure.STALLED
+    assert dispatcher.stop(7, "not running", Failure.STALLED) is None
+    seen = _drive(dispatcher, {}, want=1)
+    assert {x.number for x in seen} == {1}, "the stopped trial says nothing more"
+    assert [x for x in seen if isinstance(x, TrialResult)][0].state == TrialState.COMPLETE
+    wait_for(lambda: dispatcher.idle() == 2, "both slots free again", timeout=30)

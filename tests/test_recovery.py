@@ -138,6 +138,33 @@ def test_killed_worker_process_is_retried_and_the_sweep_completes(ray_head_node:
     assert kept == {f"config-{best.user_attrs.get('config_id', best.number)}"}, kept
 
 
+def test_a_stopped_trainer_is_replaced_as_stalled_and_the_sweep_completes(
+        ray_head_node: tuple[subprocess.Popen[bytes], str], tmp_path: Path) -> None:
+    """kill -STOP: the process lives and the coordinator beats, but the trial says nothing; past
+    recovery.stall_timeout it is failed as stalled, its process killed and replaced, and it is retried."""
+    head, ray_head = ray_head_node
+    url = f"sqlite:///{tmp_path}/sweeps.db"
+    space = write_space(tmp_path, study="hung", budget={"n_trials": 2}, parallel=1, epochs=6, pruner=NO_PRUNING,
+                        recovery={**FAST_RECOVERY, "stall_timeout": 5})
+    proc = start_cli("run", str(space), "--storage", url, "--ray-address", ray_head, cwd=tmp_path)
+    try:
+        running = _running_with_epochs(url, "hung", 2)
+        [victim] = wait_for(lambda: running() and trainer_processes(head), "a trainer past epoch 2", proc=proc)
+        victim.suspend()                                   # SIGSTOP
+        out, err = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            kill_tree(proc)
+    assert proc.returncode == 0, err[-3000:]
+    assert not victim.is_running() or victim.status() == "zombie", "the stalled process should be killed"
+    trials = _study(url, "hung").get_trials()
+    [stalled] = [t for t in trials if t.state == TS.FAIL]
+    assert stalled.user_attrs["reason"] == "stalled: no report for 5.0s" and stalled.user_attrs["failure"] == "stalled"
+    [retry] = [t for t in trials if t.user_attrs.get("retry_of") == stalled.number]
+    assert retry.state == TS.COMPLETE and retry.user_attrs["start_epoch"] >= 2
+    assert _configs(trials)["COMPLETE"] == 2
+
+
 def test_second_ctrl_c_exits_130_and_resume_elsewhere_continues_from_checkpoints(ray_head: str, tmp_path: Path) -> None:
     db = tmp_path / "store" / "sweeps.db"
     db.parent.mkdir()

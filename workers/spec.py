@@ -39,11 +39,12 @@ class Failure(str, enum.Enum):
     DATASET = "dataset"                   # the worker cannot read the dataset: the sweep stops
     INTERRUPTED = "interrupted"           # stopped by the coordinator (Ctrl-C): retried, not a fault
     COORDINATOR_LOST = "coordinator_lost"  # its coordinator stopped beating: retried, not a fault
+    STALLED = "stalled"                   # no report for longer than the stall limit: process replaced, retried
 
     @property
     def is_fault(self) -> bool:
         """Counts towards ``recovery.max_retries`` of its configuration."""
-        return self in (Failure.ERROR, Failure.WORKER_LOST)
+        return self in (Failure.ERROR, Failure.WORKER_LOST, Failure.STALLED)
 
 
 @dataclass(frozen=True)

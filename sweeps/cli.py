@@ -173,7 +173,9 @@ def _print_summary(s: dict[str, Any], as_json: bool) -> int:
         if s.get("interrupted"):
             print(f"interrupted; continue with `sweeps resume {s['study']}`")
     if s.get("interrupted"):        # 128 + the signal's number, as shells report it
-        return {"SIGTERM": 143, "SIGHUP": 129}.get(s.get("signal", ""), 130)
+        from sweeps.errors import EXIT_CODES
+
+        return EXIT_CODES.get(s.get("signal", ""), 130)
     return 0
 
 

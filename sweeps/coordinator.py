@@ -32,7 +32,7 @@ from sweeps.budget import Budget
 from sweeps.checkpoints import Checkpoints, CheckpointStore
 from sweeps.config import SweepConfig
 from sweeps.dispatch import Dispatcher
-from sweeps.errors import SweepFailed, SweepsError
+from sweeps.errors import EXIT_CODES, SweepFailed, SweepsError
 from sweeps.outcome import Outcomes
 from sweeps.progress import Progress, ProgressCallback
 from workers import data as datasets
@@ -226,7 +226,12 @@ class Coordinator:
 
     # -- counting, heartbeats, recovery -------------------------------------------------------
     def _db(self, fn: Callable[[], Any]) -> Any:
-        return db.with_retry(fn, timeout=self.config.database_timeout, on_wait=self._say)
+        return db.with_retry(fn, timeout=self.config.database_timeout, on_wait=self._say, stop=self._stop_now)
+
+    def _stop_now(self) -> tuple[str, int] | None:
+        """Asked while the database is away: what stopped the sweep (any Ctrl-C: with no database, running trials
+        cannot finish and be recorded anyway; SIGTERM, SIGHUP) and its exit code; None while nothing has."""
+        return (self.stop_signal, EXIT_CODES[self.stop_signal]) if self.interrupts else None
 
     def _refresh(self) -> None:
         """Counts for the live display only: at most once a second (launch decisions always count afresh)."""

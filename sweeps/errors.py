@@ -11,6 +11,10 @@ class SweepsError(Exception):
     exit_code = 2
 
 
+# The exit code after a stop by each signal: 128 + its number, as shells report it (Ctrl-C is SIGINT).
+EXIT_CODES = {"Ctrl-C": 130, "SIGHUP": 129, "SIGTERM": 143}
+
+
 def first_line(e: BaseException) -> str:
     """An exception's first line (its type's name when it has no message)."""
     text = str(e).strip().splitlines()

@@ -19,6 +19,13 @@ from sweeps.errors import SweepsError
 DEFAULT_URL = "sqlite:///sweeps.db"
 ENV_VAR = "SWEEPS_STORAGE"
 APPLICATION_NAME = "sweeps-coordinator"
+# A network that drops packets without closing the connection (a cable, a firewall, a dead router) is
+# noticed by the kernel in seconds instead of TCP's quarter of an hour: keepalive probes after 5 s idle
+# (every 2 s, 3 tries) and unacknowledged data for 10 s end the connection, and the call is retried.
+NETWORK = {"keepalives": 1, "keepalives_idle": 5, "keepalives_interval": 2, "keepalives_count": 3,
+           "tcp_user_timeout": 10_000}
+# A statement or lock wait the server never finishes (a lock held by a paused process) ends too.
+SESSION_TIMEOUTS = {"statement_timeout": "120s", "lock_timeout": "60s"}
 
 T = TypeVar("T")
 # user:password@ after a scheme, as SQLAlchemy reads it: the user runs to the first ':', the password to the
@@ -81,7 +88,7 @@ def open_storage(url: str | None, *, create: bool = False) -> Any:
     engine_kwargs: dict[str, Any] = {"pool_pre_ping": True}
     if url.startswith(("postgresql", "postgres")):
         url = driver_url(url)
-        engine_kwargs["connect_args"] = {"connect_timeout": 10, "application_name": APPLICATION_NAME}
+        engine_kwargs["connect_args"] = {"connect_timeout": 10, "application_name": APPLICATION_NAME, **NETWORK}
         engine_kwargs["pool_size"] = 2
         engine_kwargs["max_overflow"] = 2
     elif url.startswith("sqlite"):
@@ -98,7 +105,11 @@ def open_storage(url: str | None, *, create: bool = False) -> Any:
     try:
         for attempt in range(5):
             try:
-                return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, skip_compatibility_check=False)
+                storage = optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, skip_compatibility_check=False)
+                if storage.engine.dialect.name == "postgresql":
+                    sqlalchemy.event.listen(storage.engine, "connect", _session_timeouts)
+                    storage.engine.dispose()        # the connections made so far predate the listener
+                return storage
             except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.OperationalError) as e:
                 # Another process (a dashboard, a second coordinator) created the schema at the same moment;
                 # the next attempt finds it in place.
@@ -123,6 +134,14 @@ def open_storage(url: str | None, *, create: bool = False) -> Any:
         raise SweepsError(f"storage {shown}: {mask(str(e).splitlines()[0])}") from None
 
 
+def _session_timeouts(connection: Any, record: Any) -> None:
+    """SET on each new connection rather than libpq's startup options, which PgBouncer refuses."""
+    with connection.cursor() as cursor:
+        for name, value in SESSION_TIMEOUTS.items():
+            cursor.execute(f"SET {name} = '{value}'")
+    connection.commit()
+
+
 # -- surviving the database going away ---------------------------------------------------------
 
 class DatabaseUnavailable(SweepsError):
@@ -141,8 +160,21 @@ def is_transient(e: BaseException) -> bool:
     return isinstance(e, (sa.OperationalError, sa.InterfaceError, sa.DisconnectionError, sa.PendingRollbackError))
 
 
-def with_retry(fn: Callable[[], T], *, timeout: float, on_wait: Callable[[str], None] | None = None) -> T:
-    """Run ``fn``, retrying with exponential backoff while the database is unreachable."""
+class StoppedDuringOutage(SweepsError):
+    """A stop (Ctrl-C twice, SIGTERM) while the database was away: nothing more could be recorded."""
+
+    def __init__(self, message: str, exit_code: int) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+def with_retry(fn: Callable[[], T], *, timeout: float, on_wait: Callable[[str], None] | None = None,
+               stop: Callable[[], tuple[str, int] | None] = lambda: None) -> T:
+    """Run ``fn``, retrying with exponential backoff while the database is unreachable.
+
+    ``stop`` says whether the user asked to stop now (what, and the exit code): a wait for the database
+    then ends at once instead of at the timeout.
+    """
     deadline = time.monotonic() + timeout
     delay = 0.5
     while True:
@@ -158,7 +190,15 @@ def with_retry(fn: Callable[[], T], *, timeout: float, on_wait: Callable[[str], 
                     "its results stored; run `sweeps resume` when the database is back") from None
             if on_wait:
                 on_wait(f"database unreachable ({_reason(e)}); retrying in {min(delay, left):.1f}s")
-            time.sleep(min(delay, left))
+            wake = time.monotonic() + min(delay, left)
+            while time.monotonic() < wake:
+                asked = stop()
+                if asked:
+                    raise StoppedDuringOutage(
+                        f"stopped by {asked[0]} while the database was unreachable ({_reason(e)}): its running "
+                        "trials could not be recorded and stay RUNNING until the grace period; `sweeps resume` "
+                        "retries them once the database is back", asked[1]) from None
+                time.sleep(min(0.2, max(0.0, wake - time.monotonic())))
             delay = min(delay * 2, 10.0)
 
 

@@ -13,6 +13,7 @@ import subprocess
 import tempfile
 
 from tests.helpers import free_port
+from tests.netns import Netns
 
 
 def _bin(name: str) -> str:
@@ -23,9 +24,12 @@ def _bin(name: str) -> str:
 
 
 class PgCluster:
-    """initdb into a fresh folder; start/stop/restart with pg_ctl; trust auth on 127.0.0.1 only."""
+    """initdb into a fresh folder; start/stop/restart with pg_ctl; trust auth on 127.0.0.1 only, or, inside a
+    network namespace (``netns``), on that host's address for the namespace's subnet."""
 
-    def __init__(self) -> None:
+    def __init__(self, netns: Netns | None = None) -> None:
+        self.netns = netns
+        self.host = netns.ip if netns else "127.0.0.1"
         self.root = tempfile.mkdtemp(prefix="sweeps-pg-")
         self.data = os.path.join(self.root, "data")
         self.port = free_port()
@@ -33,18 +37,23 @@ class PgCluster:
         if self.as_postgres:
             shutil.chown(self.root, "postgres", "postgres")
         self._run(_bin("initdb"), "-D", self.data, "-A", "trust", "-U", "postgres", "--no-sync")
+        if netns:
+            with open(os.path.join(self.data, "pg_hba.conf"), "a") as hba:
+                hba.write(f"host all all {netns.subnet} trust\n")
 
     @property
     def url(self) -> str:
-        return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+        return f"postgresql://postgres@{self.host}:{self.port}/postgres"
 
     def _run(self, *cmd: str) -> None:
         if self.as_postgres:
             cmd = ("runuser", "-u", "postgres", "--", *cmd)
+        if self.netns:
+            cmd = (*self.netns.prefix(), *cmd)
         subprocess.run(cmd, check=True, capture_output=True, timeout=120)
 
     def start(self) -> None:
-        options = f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c fsync=off"
+        options = f"-p {self.port} -k {self.root} -c listen_addresses={self.host} -c fsync=off"
         self._run(_bin("pg_ctl"), "-D", self.data, "-o", options, "-l", os.path.join(self.root, "log"), "-w", "start")
 
     def stop(self) -> None:

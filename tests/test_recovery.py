@@ -7,11 +7,12 @@ diverging trial) are tested fast, in-process, in ``test_coordinator.py``; here t
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import optuna
@@ -21,8 +22,9 @@ import yaml
 from sweeps.config import SweepConfig, from_dict
 from sweeps.dispatch import InlineDispatcher
 from sweeps.runner import resume_sweep, run_sweep
-from sweeps.storage import DatabaseUnavailable, driver_url
+from sweeps.storage import DatabaseUnavailable, StoppedDuringOutage, driver_url
 from tests.helpers import run_cli, start_cli, wait_for, write_space
+from tests.netns import Netns
 from tests.pgcluster import PgCluster
 from tests.processes import kill_tree, trainer_processes
 from tests.scripted import Scripted
@@ -281,6 +283,71 @@ def test_database_gone_too_long_stops_clearly_and_resume_continues(tmp_path: Pat
         assert counts["COMPLETE"] == 2 and counts["RUNNING"] == counts["WAITING"] == 0, counts
     finally:
         cluster.destroy()
+
+
+@pytest.fixture()
+def far_database() -> Iterator[tuple[Netns, PgCluster]]:
+    """PostgreSQL on another host (a network namespace on this machine) that the test can cut off silently."""
+    netns = Netns()
+    cluster = None
+    try:
+        cluster = PgCluster(netns)
+        cluster.start()
+        yield netns, cluster
+    finally:
+        netns.mend()
+        if cluster is not None:
+            cluster.destroy()
+        netns.close()
+
+
+def test_a_silent_network_drop_is_noticed_and_the_sweep_stops_within_its_database_timeout(
+        far_database: tuple[Netns, PgCluster], tmp_path: Path) -> None:
+    """Packets to the database vanish (nothing closes the connection): keepalives and tcp_user_timeout end the
+    call in seconds, the retries run out after database_timeout, and resume continues once the network is back."""
+    netns, cluster = far_database
+    config = _space(tmp_path, study="dropped", budget={"n_trials": 2}, parallel=1, epochs=4, pruner=NO_PRUNING,
+                    recovery={"heartbeat_interval": 1, "grace_period": 4, "database_timeout": 5})
+    cut_at: list[float] = []
+
+    def cut_after_first_epoch() -> None:
+        wait_for(_running_with_epochs(cluster.url, "dropped", 1), "a trial reported an epoch", timeout=60)
+        netns.cut()
+        cut_at.append(time.monotonic())
+
+    cutter = threading.Thread(target=cut_after_first_epoch)
+    cutter.start()
+    with pytest.raises(DatabaseUnavailable, match="unreachable for 5s"):
+        run_sweep(config, cluster.url, dispatcher=InlineDispatcher(Scripted(delay=0.3)))
+    cutter.join()
+    assert time.monotonic() - cut_at[0] < 30, "noticed within seconds, not TCP's quarter of an hour"
+    netns.mend()
+    resume_sweep("dropped", cluster.url, dispatcher=InlineDispatcher(Scripted()))
+    counts = _configs(_study(cluster.url, "dropped").get_trials())
+    assert counts["COMPLETE"] == 2 and counts["RUNNING"] == counts["WAITING"] == 0, counts
+
+
+def test_ctrl_c_during_a_silent_network_drop_stops_within_seconds(far_database: tuple[Netns, PgCluster],
+                                                                       tmp_path: Path) -> None:
+    netns, cluster = far_database
+    config = _space(tmp_path, study="patience", budget={"n_trials": 2}, parallel=1, epochs=4, pruner=NO_PRUNING,
+                    recovery={"heartbeat_interval": 1, "grace_period": 4, "database_timeout": 300})
+    pressed: list[float] = []
+
+    def cut_then_ctrl_c_twice() -> None:
+        wait_for(_running_with_epochs(cluster.url, "patience", 1), "a trial reported an epoch", timeout=60)
+        netns.cut()
+        time.sleep(2)
+        os.kill(os.getpid(), signal.SIGINT)           # with no database, one Ctrl-C stops at once
+        pressed.append(time.monotonic())
+
+    presser = threading.Thread(target=cut_then_ctrl_c_twice)
+    presser.start()
+    with pytest.raises(StoppedDuringOutage) as stopped:
+        run_sweep(config, cluster.url, dispatcher=InlineDispatcher(Scripted(delay=0.3)))
+    presser.join()
+    assert time.monotonic() - pressed[0] < 25, "not the 300 s database_timeout"
+    assert stopped.value.exit_code == 130 and "stopped by Ctrl-C while the database was unreachable" in str(stopped.value)
 
 
 def test_resume_where_the_dataset_is_missing_is_one_clear_line(tmp_path: Path) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib.util
 import logging
 import os
+import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -32,6 +33,7 @@ class RayDispatcher:
     """
 
     def __init__(self, config: SweepConfig, address: str | None = None, *, worker: type = TrainerWorker) -> None:
+        check_address(address)              # before the caller writes anything
         self.config = config
         self.address = address
         self.worker = worker
@@ -166,6 +168,42 @@ def start_ray(address: str | None, backend: str = "tensorflow") -> None:
         where = address or "a local Ray instance"
         raise SweepsError(f"cannot start or reach Ray at {where}: {first_line(e)}; check --ray-address "
                           "or leave it out for a local Ray") from None
+
+
+def check_address(address: str | None) -> None:
+    """A GCS address (host:port) is only for a machine that runs a node of that cluster: say so in one line."""
+    if address and not address.startswith("ray://") and not runs_a_node_of(address):
+        host = address.rsplit(":", 1)[0]
+        raise SweepsError(f"this machine runs no Ray node of the cluster at {address}, and a driver connecting by that "
+                          f"address needs one: use Ray Client, --ray-address ray://{host}:10001 (the head's "
+                          f"--ray-client-server-port), or join the cluster here first with `ray start "
+                          f"--address={address} --num-cpus=0`")
+
+
+def runs_a_node_of(address: str) -> bool:
+    """Whether a driver here can join the cluster whose GCS is at ``address`` (host:port): its host is this
+    machine, or a raylet of that cluster runs here. Ray aborts the process with a native stack trace
+    otherwise. Where processes cannot be listed (no /proc), assume it can."""
+    host, _, port = address.rpartition(":")
+    try:
+        ip = socket.gethostbyname(host or "127.0.0.1")
+        with socket.socket() as s:
+            s.bind((ip, 0))                  # binds only to an address of this machine
+        return True
+    except OSError:
+        pass
+    if not os.path.isdir("/proc/self"):
+        return True
+    wanted = f"--gcs-address={ip}:{port}".encode()
+    for pid in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                args = f.read().split(b"\0")
+        except OSError:                      # not a process, or gone
+            continue
+        if args and args[0].endswith(b"raylet") and wanted in args:
+            return True
+    return False
 
 
 CREDENTIALS = ("SWEEPS_STORAGE", "PGPASSWORD", "PGPASSFILE", "PGSERVICE", "PGSERVICEFILE")

@@ -32,8 +32,9 @@ def run_sweep(config: SweepConfig, storage_url: str | None = None, *, ray_addres
             notices.append(f"checkpoints go to {config.checkpoint_store} on this machine; to resume on another, set "
                            "checkpoints.store to a folder every machine shares or s3://bucket/prefix "
                            "(or later: sweeps resume --checkpoint-store)")
+    dispatcher = dispatcher or _ray(config, ray_address)          # a wrong address is said before the study exists
     study = schema.create(config, storage_url, {**config.dataset.to_dict(), **arrays.describe()})
-    coordinator = Coordinator(study, config, arrays, dispatcher or _ray(config, ray_address), on_progress=on_progress)
+    coordinator = Coordinator(study, config, arrays, dispatcher, on_progress=on_progress)
     coordinator.notices += notices
     return coordinator.run()
 
@@ -48,13 +49,16 @@ def resume_sweep(name: str, storage_url: str | None = None, *, n_trials: int | N
     config = schema.load_config(study)
     arrays = _load_data(config, resuming=True)     # before anything is written to the study
     changes = {"n_trials": n_trials, "max_failed_trials": max_failed_trials, "checkpoint_store": checkpoint_store}
-    if any(v is not None for v in changes.values()):
+    changed = any(v is not None for v in changes.values())
+    if changed:
         config = config.replace(**changes)
         key = schema.checkpoint_key(study)
         if checkpoint_store is not None and key:
             CheckpointStore(str(config.checkpoint_store), key)        # reachable, or one line before any write
+    dispatcher = dispatcher or _ray(config, ray_address)
+    if changed:
         study.set_user_attr(schema.CONFIG_ATTR, config.to_dict())
-    return Coordinator(study, config, arrays, dispatcher or _ray(config, ray_address), on_progress=on_progress).run()
+    return Coordinator(study, config, arrays, dispatcher, on_progress=on_progress).run()
 
 
 def _ray(config: SweepConfig, address: str | None) -> Dispatcher:

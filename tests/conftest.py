@@ -42,9 +42,8 @@ def _private_data_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Non
         os.environ["XDG_DATA_HOME"] = old
 
 
-@pytest.fixture(scope="session")
-def pg_url() -> Iterator[str]:
-    """URL of a database made for this test session (dropped afterwards)."""
+def _database() -> Iterator[str]:
+    """A new database on the admin server, dropped (with its connections) afterwards."""
     import sqlalchemy
 
     from sweeps.storage import driver_url
@@ -62,6 +61,18 @@ def pg_url() -> Iterator[str]:
     with engine.connect() as conn:
         conn.execute(sqlalchemy.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
     engine.dispose()
+
+
+@pytest.fixture(scope="session")
+def pg_url() -> Iterator[str]:
+    """URL of a database made for this test session (dropped afterwards)."""
+    yield from _database()
+
+
+@pytest.fixture()
+def own_pg_url() -> Iterator[str]:
+    """URL of a database for one test alone: no other test's connections are in it."""
+    yield from _database()
 
 
 @pytest.fixture(scope="session")

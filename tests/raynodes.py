@@ -18,9 +18,10 @@ RAY = str(Path(sys.executable).parent / "ray")
 ENV = {"RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
 
 
-def node(*args: str, gpus: int = 0, cpus: int = 1, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+def node(*args: str, gpus: int = 0, cpus: int = 1, env: dict[str, str] | None = None,
+         node_ip: str = "127.0.0.1") -> subprocess.Popen[bytes]:
     full_env = {**os.environ, **ENV, **(env or {})}
-    return subprocess.Popen([RAY, "start", "--block", "--node-ip-address=127.0.0.1", f"--num-cpus={cpus}",
+    return subprocess.Popen([RAY, "start", "--block", f"--node-ip-address={node_ip}", f"--num-cpus={cpus}",
                              f"--num-gpus={gpus}", *args], env=full_env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL, start_new_session=True)
 

@@ -5,6 +5,10 @@ trials packed on the head's one (declared) GPU under a GPU-hour budget."""
 from __future__ import annotations
 
 import json
+import shutil
+import subprocess
+import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,7 +17,8 @@ import pytest
 
 from sweeps.storage import driver_url
 from tests import raynodes
-from tests.helpers import run_cli, wait_for, write_space
+from tests.helpers import cli_env, free_port, run_cli, wait_for, write_space
+from tests.netns import Netns
 
 pytestmark = pytest.mark.slow
 
@@ -72,3 +77,56 @@ def test_gpu_hour_budget_stops_launching_and_packs_two_trials_per_gpu(two_nodes:
     assert overlapping
     status = run_cli("status", "gpu-budget", "--storage", url)
     assert "GPU" in status.stdout and "of 0.003 h" in status.stdout
+
+
+@pytest.fixture()
+def remote_head() -> Iterator[tuple[Netns, str, str, Path]]:
+    """A Ray head on this machine's side of a veth pair, and a second machine made of a network namespace
+    that does not see the head's processes or files: (that namespace, the GCS address, the Ray Client address,
+    the head's Ray folder)."""
+    netns = Netns()
+    port, client_port = free_port(above=20000), free_port(above=20000)
+    temp_dir = Path(tempfile.mkdtemp(prefix="rayhead-", dir="/tmp"))    # short: socket paths live under it
+    head = raynodes.node("--head", f"--port={port}", f"--ray-client-server-port={client_port}",
+                         f"--temp-dir={temp_dir}", "--include-dashboard=false", "--disable-usage-stats",
+                         cpus=2, node_ip=netns.outer_ip)
+    try:
+        address = f"{netns.outer_ip}:{port}"
+        wait_for(lambda: raynodes.nodes_up(address), "the Ray head to answer", timeout=90, proc=head, interval=1)
+        yield netns, address, f"ray://{netns.outer_ip}:{client_port}", temp_dir
+    finally:
+        raynodes.stop(head)
+        netns.close()
+        shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def _elsewhere(netns: Netns, hidden: Path, *args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    """`sweeps ARGS` on "another machine": the namespace's network, its own processes (a new PID namespace
+    with its own /proc), and the head's Ray folder hidden under an empty tmpfs."""
+    script = f'mount -t tmpfs tmpfs {hidden} && exec "$@"'
+    command = [*netns.prefix(), "unshare", "--mount", "--pid", "--fork", "--mount-proc", "sh", "-c", script, "driver",
+               sys.executable, "-m", "sweeps.cli", *args]
+    return subprocess.run(command, cwd=cwd, env=cli_env(), capture_output=True, text=True, timeout=400,
+                          stdin=subprocess.DEVNULL)
+
+
+def test_the_cluster_recipe_from_a_machine_that_is_no_ray_node(remote_head: tuple[Netns, str, str, Path],
+                                                               tmp_path: Path) -> None:
+    """The README's cluster recipe run from a machine with no Ray node of its own (the compose sweep service):
+    by GCS address it is one clear line naming the fix, through Ray Client the sweep runs on the head."""
+    netns, address, client, head_folder = remote_head
+    space = write_space(tmp_path, study="far", budget={"n_trials": 2}, parallel=1, epochs=2, pruner={"name": "none"})
+    url = f"sqlite:///{tmp_path}/sweeps.db"
+    refused = _elsewhere(netns, head_folder, "run", str(space), "--storage", url, "--ray-address", address,
+                         cwd=tmp_path)
+    assert refused.returncode == 2, refused.stderr[-2000:]
+    [line] = refused.stderr.strip().splitlines()
+    assert f"runs no Ray node of the cluster at {address}" in line and f"ray://{netns.outer_ip}:10001" in line
+    assert not (tmp_path / "sweeps.db").exists() or not optuna.get_all_study_names(url), "nothing was stored"
+
+    done = _elsewhere(netns, head_folder, "run", str(space), "--storage", url, "--ray-address", client, "--quiet",
+                      cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    trials = optuna.load_study(study_name="far", storage=url).get_trials()
+    assert [t.state for t in trials] == [optuna.trial.TrialState.COMPLETE] * 2
+    assert {t.user_attrs["node_ip"] for t in trials} == {netns.outer_ip}      # trained on the head's machine

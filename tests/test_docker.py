@@ -53,7 +53,8 @@ def test_services_images_and_commands() -> None:
     assert "--dashboard-host=127.0.0.1" in head                     # Ray's dashboard: loopback only
     assert services["worker"]["command"][:3] == ["ray", "start", "--address=ray-head:6379"]
     sweep = services["sweep"]["command"]
-    assert sweep[:3] == ["sweeps", "run", "search_spaces/mnist_gpu.yaml"] and "ray-head:6379" in sweep
+    assert sweep[:3] == ["sweeps", "run", "search_spaces/mnist_gpu.yaml"]
+    assert "ray://ray-head:10001" in sweep             # no Ray node in this container: Ray Client
     assert (ROOT / sweep[2]).exists()
     assert services["dashboard"]["command"][:2] == ["sweeps", "dashboard"]
     assert "--allow-remote-writes" in services["dashboard"]["command"]      # 0.0.0.0 inside the container only

@@ -32,8 +32,9 @@ def _check_every_epoch_stored(trials: list[optuna.trial.FrozenTrial]) -> None:
         assert steps == list(range(1, t.user_attrs["epochs_run"] + 1)), (t.number, steps)
 
 
-def test_postgresql_sweep_two_in_parallel_workers_never_connect(pg_url: str, ray_head: str, tmp_path: Path,
+def test_postgresql_sweep_two_in_parallel_workers_never_connect(own_pg_url: str, ray_head: str, tmp_path: Path,
                                                                capsys: pytest.CaptureFixture) -> None:
+    pg_url = own_pg_url           # a database of its own: the only clients it sees are this sweep's
     space = write_space(tmp_path, study="pg-sweep", budget={"n_trials": 4}, parallel=2)
     db = pg_url.rsplit("/", 1)[1]
     server_port = sqlalchemy.engine.make_url(pg_url).port or 5432

@@ -299,8 +299,8 @@ class Coordinator:
         checkpoint = None
         if schema.RETRY_OF in attrs and self.checkpoints is not None and not self.config.dataset.folds:
             checkpoint, note, say = self.checkpoints.resume_point(config_id)     # cross-validation starts over
-            if note:
-                new_attrs[schema.REASON] = note
+            if note:                   # kept in the reason whatever the trial's own turns out to be
+                new_attrs[schema.REASON] = new_attrs[schema.CHECKPOINT_NOTE] = attrs[schema.CHECKPOINT_NOTE] = note
             if say:
                 self._say(say)
         if checkpoint is not None:

@@ -29,8 +29,9 @@ class Outcomes:
         """Write the outcome; for a failure, queue its retry (True when one was queued). Raises
         UpdateFinishedTrialError when another coordinator took the trial for lost meanwhile."""
         try:      # refused once the trial is finished: only then is it read back, to learn who finished it
+            reason = "; ".join(r for r in (result.reason, attrs.get(schema.CHECKPOINT_NOTE, "")) if r)
             db.set_user_attrs(self.storage, trial._trial_id, {
-                schema.EPOCHS_RUN: result.epochs_run, **({schema.REASON: result.reason} if result.reason else {}),
+                schema.EPOCHS_RUN: result.epochs_run, **({schema.REASON: reason} if reason else {}),
                 **({schema.FAILURE: result.failure.value} if result.failure else {}), **result.metrics})
         except optuna.exceptions.UpdateFinishedTrialError:
             frozen = self.storage.get_trial(trial._trial_id)

@@ -42,6 +42,7 @@ CONFIG_ID = "config_id"           # the first trial of the configuration
 ATTEMPT = "attempt"
 FAULTS = "faults"                 # worker faults so far for this configuration (coordinator loss is not one)
 START_EPOCH = "start_epoch"       # the checkpoint epoch a retry resumed from
+CHECKPOINT_NOTE = "checkpoint_note"   # why a retry started earlier than its last checkpoint (a damaged slot)
 
 # Metrics each complete trial stores (workers/metrics.py and the trainer): the scalars first.
 SCALAR_METRICS = ("accuracy", "macro_precision", "macro_recall", "macro_f1", "param_count", "seconds_per_epoch")

@@ -367,6 +367,7 @@ def test_a_damaged_checkpoint_is_passed_over_for_the_other_slot_and_the_retry_sa
     assert retry.user_attrs[schema.REASON].startswith("a checkpoint of configuration 0 was unusable (slot 1: its "
                                                       "checksum does not match")
     assert sorted(retry.intermediate_values) == [1, 2, 3, 4, 5]
+    assert retry.user_attrs[schema.CHECKPOINT_NOTE] == retry.user_attrs[schema.REASON]
 
 
 def test_a_full_disk_loses_checkpoints_not_trials_and_status_warns(tiny_disk: Path, folder: Path,

@@ -167,7 +167,13 @@ def test_a_stopped_trainer_is_replaced_as_stalled_and_the_sweep_completes(
     assert _configs(trials)["COMPLETE"] == 2
 
 
-def test_second_ctrl_c_exits_130_and_resume_elsewhere_continues_from_checkpoints(ray_head: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize("signals, code, name", [((signal.SIGINT, signal.SIGINT), 130, "Ctrl-C"),
+                                                  ((signal.SIGTERM,), 143, "SIGTERM")])
+def test_stop_now_exits_with_its_code_and_resume_elsewhere_continues_from_checkpoints(
+        signals: tuple[int, ...], code: int, name: str, ray_head: str, tmp_path: Path) -> None:
+    """Ctrl-C twice, or SIGTERM (docker stop, Kubernetes, a scheduler; it reaches the coordinator after Ray's
+    own handler is set): running trials are recorded as interrupted with queued retries, and a resume from
+    another folder, the storage in the environment, continues them from their checkpoints."""
     db = tmp_path / "store" / "sweeps.db"
     db.parent.mkdir()
     url = f"sqlite:///{db}"
@@ -175,19 +181,20 @@ def test_second_ctrl_c_exits_130_and_resume_elsewhere_continues_from_checkpoints
     proc = start_cli("run", str(space), "--storage", url, "--ray-address", ray_head, cwd=tmp_path)
     try:
         wait_for(_running_with_epochs(url, "stopped", 2), "a trial reached epoch 2", proc=proc)
-        proc.send_signal(signal.SIGINT)
-        time.sleep(0.5)
-        proc.send_signal(signal.SIGINT)
+        for signum in signals:
+            proc.send_signal(signum)
+            time.sleep(0.5)
         out, err = proc.communicate(timeout=120)
     finally:
         if proc.poll() is None:
             kill_tree(proc)
-    assert proc.returncode == 130, err[-3000:]
-    assert "sweeps resume stopped" in out
+    assert proc.returncode == code, err[-3000:]
+    assert "Traceback" not in err and "sweeps resume stopped" in out
     trials = _study(url, "stopped").get_trials()
     [stopped] = [t for t in trials if t.state == TS.FAIL]
-    assert stopped.user_attrs["reason"].startswith("interrupted")
+    assert stopped.user_attrs["reason"] == f"interrupted ({name})" and stopped.user_attrs["failure"] == "interrupted"
     assert [t.state for t in trials if t.user_attrs.get("retry_of") == stopped.number] == [TS.WAITING]
+    assert not [t for t in trials if t.state == TS.RUNNING]
 
     elsewhere = tmp_path / "elsewhere"                   # another folder; the storage from the environment
     elsewhere.mkdir()
@@ -197,35 +204,13 @@ def test_second_ctrl_c_exits_130_and_resume_elsewhere_continues_from_checkpoints
     trials = _study(url, "stopped").get_trials()
     [retry] = [t for t in trials if t.user_attrs.get("retry_of") == stopped.number]
     assert retry.state == TS.COMPLETE and retry.user_attrs["start_epoch"] >= 2
-    assert retry.user_attrs["faults"] == 0                 # Ctrl-C is not the configuration's fault
+    assert retry.user_attrs["faults"] == 0                 # a stop is not the configuration's fault
     assert _configs(trials)["COMPLETE"] == 2
     _check_curves_continuous(trials)
     # The budget is met: a further resume starts nothing and says so.
     again = run_cli("resume", "stopped", "--storage", url, "--json", cwd=elsewhere)
     assert again.returncode == 0 and json.loads(again.stdout)["budget_met"] is True
     assert len(_study(url, "stopped").get_trials()) == len(trials)
-
-
-def test_sigterm_mid_sweep_exits_143_with_running_trials_recorded_and_retries_queued(ray_head: str,
-                                                                                    tmp_path: Path) -> None:
-    """docker stop, Kubernetes or a scheduler: SIGTERM reaches the coordinator after Ray's own handler is set."""
-    url = f"sqlite:///{tmp_path}/sweeps.db"
-    space = write_space(tmp_path, study="termed", budget={"n_trials": 3}, parallel=1, epochs=6, pruner=NO_PRUNING)
-    proc = start_cli("run", str(space), "--storage", url, "--ray-address", ray_head, cwd=tmp_path)
-    try:
-        wait_for(_running_with_epochs(url, "termed", 2), "a trial reached epoch 2", proc=proc)
-        proc.send_signal(signal.SIGTERM)
-        out, err = proc.communicate(timeout=120)
-    finally:
-        if proc.poll() is None:
-            kill_tree(proc)
-    assert proc.returncode == 143, err[-3000:]
-    assert "Traceback" not in err and "sweeps resume termed" in out
-    trials = _study(url, "termed").get_trials()
-    [stopped] = [t for t in trials if t.state == TS.FAIL]
-    assert stopped.user_attrs["reason"] == "interrupted (SIGTERM)" and stopped.user_attrs["failure"] == "interrupted"
-    assert [t.state for t in trials if t.user_attrs.get("retry_of") == stopped.number] == [TS.WAITING]
-    assert not [t for t in trials if t.state == TS.RUNNING]
 
 
 def _space(tmp_path: Path, **changes: object) -> SweepConfig:
@@ -240,8 +225,7 @@ def test_postgresql_restart_mid_sweep_loses_nothing(tmp_path: Path) -> None:
         config = _space(tmp_path, study="outage", budget={"n_trials": 2}, parallel=1, epochs=5, pruner=NO_PRUNING,
                         recovery={"heartbeat_interval": 1, "grace_period": 30})
         said: list[str] = []
-        outage = threading.Thread(target=_stop_after_first_epoch, args=(cluster, "outage", 3))
-        outage.start()
+        outage = _once_a_trial_reports(cluster.url, "outage", lambda: _restart(cluster, after=3))
         run_sweep(config, cluster.url, dispatcher=InlineDispatcher(Scripted(delay=0.2)),
                   on_progress=lambda p: said.append(p.last))
         outage.join()
@@ -254,13 +238,21 @@ def test_postgresql_restart_mid_sweep_loses_nothing(tmp_path: Path) -> None:
         cluster.destroy()
 
 
-def _stop_after_first_epoch(cluster: PgCluster, name: str, restart_after: float | None = None) -> None:
-    """Stop the server once a trial has reported an epoch; start it again ``restart_after`` seconds later."""
-    wait_for(_running_with_epochs(cluster.url, name, 1), "a trial reported an epoch", timeout=60)
+def _once_a_trial_reports(url: str, name: str, fault: Callable[[], None]) -> threading.Thread:
+    """A thread that makes ``fault`` happen once a trial of study ``name`` has reported an epoch."""
+    def wait_then_fault() -> None:
+        wait_for(_running_with_epochs(url, name, 1), "a trial reported an epoch", timeout=60)
+        fault()
+
+    thread = threading.Thread(target=wait_then_fault)
+    thread.start()
+    return thread
+
+
+def _restart(cluster: PgCluster, after: float) -> None:
     cluster.stop()
-    if restart_after is not None:
-        time.sleep(restart_after)
-        cluster.start()
+    time.sleep(after)
+    cluster.start()
 
 
 def test_database_gone_too_long_stops_clearly_and_resume_continues(tmp_path: Path) -> None:
@@ -269,8 +261,7 @@ def test_database_gone_too_long_stops_clearly_and_resume_continues(tmp_path: Pat
         cluster.start()
         config = _space(tmp_path, study="gone", budget={"n_trials": 2}, parallel=1, epochs=4, pruner=NO_PRUNING,
                         recovery={"heartbeat_interval": 1, "grace_period": 4, "database_timeout": 3})
-        outage = threading.Thread(target=_stop_after_first_epoch, args=(cluster, "gone"))
-        outage.start()
+        outage = _once_a_trial_reports(cluster.url, "gone", cluster.stop)
         with pytest.raises(DatabaseUnavailable) as gone:
             run_sweep(config, cluster.url, dispatcher=InlineDispatcher(Scripted(delay=0.3)))
         outage.join()
@@ -309,14 +300,7 @@ def test_a_silent_network_drop_is_noticed_and_the_sweep_stops_within_its_databas
     config = _space(tmp_path, study="dropped", budget={"n_trials": 2}, parallel=1, epochs=4, pruner=NO_PRUNING,
                     recovery={"heartbeat_interval": 1, "grace_period": 4, "database_timeout": 5})
     cut_at: list[float] = []
-
-    def cut_after_first_epoch() -> None:
-        wait_for(_running_with_epochs(cluster.url, "dropped", 1), "a trial reported an epoch", timeout=60)
-        netns.cut()
-        cut_at.append(time.monotonic())
-
-    cutter = threading.Thread(target=cut_after_first_epoch)
-    cutter.start()
+    cutter = _once_a_trial_reports(cluster.url, "dropped", lambda: (netns.cut(), cut_at.append(time.monotonic())))
     with pytest.raises(DatabaseUnavailable, match="unreachable for 5s"):
         run_sweep(config, cluster.url, dispatcher=InlineDispatcher(Scripted(delay=0.3)))
     cutter.join()
@@ -334,15 +318,13 @@ def test_ctrl_c_during_a_silent_network_drop_stops_within_seconds(far_database: 
                     recovery={"heartbeat_interval": 1, "grace_period": 4, "database_timeout": 300})
     pressed: list[float] = []
 
-    def cut_then_ctrl_c_twice() -> None:
-        wait_for(_running_with_epochs(cluster.url, "patience", 1), "a trial reported an epoch", timeout=60)
+    def cut_then_ctrl_c() -> None:
         netns.cut()
         time.sleep(2)
         os.kill(os.getpid(), signal.SIGINT)           # with no database, one Ctrl-C stops at once
         pressed.append(time.monotonic())
 
-    presser = threading.Thread(target=cut_then_ctrl_c_twice)
-    presser.start()
+    presser = _once_a_trial_reports(cluster.url, "patience", cut_then_ctrl_c)
     with pytest.raises(StoppedDuringOutage) as stopped:
         run_sweep(config, cluster.url, dispatcher=InlineDispatcher(Scripted(delay=0.3)))
     presser.join()

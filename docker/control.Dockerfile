@@ -7,7 +7,7 @@ COPY pyproject.toml README.md ./
 COPY sweeps ./sweeps
 COPY workers ./workers
 COPY search_spaces ./search_spaces
-RUN pip install ".[s3]"
+RUN pip install ".[s3,tensorboard]"
 RUN useradd --create-home --uid 1000 sweeps && mkdir -p /data && chown sweeps /data
 USER sweeps
 CMD ["sweeps", "--help"]

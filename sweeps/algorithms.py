@@ -14,6 +14,7 @@ import optuna
 from sweeps import space
 from sweeps.config import SweepConfig
 from sweeps.errors import SweepsError
+from sweeps.objectives import first_objective
 
 
 class _AskTellGridSampler(optuna.samplers.GridSampler):
@@ -23,6 +24,22 @@ class _AskTellGridSampler(optuna.samplers.GridSampler):
 
     def after_trial(self, study, trial, state, values):  # type: ignore[no-untyped-def]
         pass
+
+
+class _FirstObjectiveTPE(optuna.samplers.TPESampler):
+    """TPE on a study with several objectives whose trials report per-epoch values. Optuna's TPE ranks a
+    pruned trial by its last reported value under ``study.direction``, which a multi-objective study
+    refuses (Optuna expects no reports there); here that direction is the first objective's, the one the
+    values belong to. Complete trials are still ranked on every objective (non-domination)."""
+
+    def infer_relative_search_space(self, study, trial):  # type: ignore[no-untyped-def]
+        return super().infer_relative_search_space(first_objective(study), trial)
+
+    def sample_relative(self, study, trial, search_space):  # type: ignore[no-untyped-def]
+        return super().sample_relative(first_objective(study), trial, search_space)
+
+    def sample_independent(self, study, trial, param_name, param_distribution):  # type: ignore[no-untyped-def]
+        return super().sample_independent(first_objective(study), trial, param_name, param_distribution)
 
 
 def sampler(config: SweepConfig, salt: int = 0) -> optuna.samplers.BaseSampler:
@@ -44,7 +61,7 @@ def sampler(config: SweepConfig, salt: int = 0) -> optuna.samplers.BaseSampler:
             opts.setdefault("group", opts["multivariate"])
             opts.setdefault("constant_liar", config.parallel > 1)
             opts.setdefault("n_startup_trials", min(10, max(2, config.n_trials // 4)))
-            return optuna.samplers.TPESampler(**opts)
+            return (_FirstObjectiveTPE if config.objectives else optuna.samplers.TPESampler)(**opts)
         if name == "random":
             return optuna.samplers.RandomSampler(**opts)
         if name == "cmaes":

@@ -40,7 +40,12 @@ class Sweep:
     @property
     def best_value(self) -> float | None:
         best = self.best_trial
-        return None if best is None else best.value
+        return None if best is None else schema.first_value(best)
+
+    @property
+    def pareto_front(self) -> list[optuna.trial.FrozenTrial]:
+        """Complete trials meeting every constraint that no other beats on all objectives."""
+        return schema.pareto_front(self.study)
 
     @property
     def best_params(self) -> dict[str, Any]:

@@ -8,128 +8,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-MAIN_EXAMPLE = """\
-examples:
-  sweeps run search_spaces/digits.yaml
-  sweeps run search_spaces/mnist.yaml --storage postgresql://user:pw@host/db --study mnist-a --n-trials 40 --parallel 2
-  sweeps status mnist-a --storage postgresql://user:pw@host/db
-
-The storage URL comes from --storage, else $SWEEPS_STORAGE, else sqlite:///sweeps.db.
-"""
-
-
-def _storage_option(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--storage", metavar="URL",
-                   help="study database: postgresql://user:pw@host/db or sqlite:///FILE "
-                        "(default: $SWEEPS_STORAGE, else sqlite:///sweeps.db)")
-
-
-def _output_options(p: argparse.ArgumentParser, what: str) -> None:
-    p.add_argument("--quiet", action="store_true", help="no progress output")
-    p.add_argument("--json", action="store_true", help=f"print {what} as JSON")
-
-
-def _parser() -> argparse.ArgumentParser:
-    fmt = argparse.RawDescriptionHelpFormatter
-    parser = argparse.ArgumentParser(prog="sweeps", formatter_class=fmt, epilog=MAIN_EXAMPLE,
-                                     description="Hyperparameter sweeps for Keras CNN image classifiers.")
-    parser.add_argument("--debug", action="store_true", help="show tracebacks for errors")
-    from sweeps import __version__
-
-    parser.add_argument("--version", action="version", version=f"sweeps {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-
-    def command(name: str, help: str, example: str) -> argparse.ArgumentParser:
-        p = sub.add_parser(name, help=help, description=help, formatter_class=fmt,
-                           epilog=f"example:\n  {example}")
-        p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks for errors")
-        return p
-
-    p = command("run", "start a sweep from a search-space YAML and run it to its budget",
-                "sweeps run search_spaces/mnist.yaml --storage postgresql://user:pw@host/db "
-                "--study mnist-a --n-trials 40 --parallel 2")
-    p.add_argument("config", metavar="SPACE.yaml", help="the sweep's search space (see search_spaces/)")
-    _storage_option(p)
-    p.add_argument("--study", help="study name (default: `study` in the YAML)")
-    p.add_argument("--n-trials", type=int, metavar="N", help="budget: trials to finish (overrides budget.n_trials)")
-    p.add_argument("--timeout", type=float, metavar="SECONDS", help="budget: stop launching trials after this long")
-    p.add_argument("--parallel", type=int, metavar="N", help="trials in flight at once (overrides parallel)")
-    p.add_argument("--ray-address", metavar="ADDR", help="an existing Ray cluster (default: a private local one)")
-    _output_options(p, "the summary")
-
-    p = command("resume", "continue a stored sweep until its budget is met; the config comes from the study",
-                "sweeps resume mnist-a --storage postgresql://user:pw@host/db")
-    p.add_argument("study", help="study name")
-    _storage_option(p)
-    p.add_argument("--n-trials", type=int, metavar="N", help="raise (or lower) the stored budget")
-    p.add_argument("--max-failed-trials", type=int, metavar="N",
-                   help="allow this many configurations to fail for good before the sweep stops")
-    p.add_argument("--checkpoint-store", metavar="DIR|s3://BUCKET/PREFIX",
-                   help="keep the study's checkpoints here from now on (a folder this machine reaches, or S3); "
-                        "retries whose checkpoint is not there start at epoch 0")
-    p.add_argument("--ray-address", metavar="ADDR", help="an existing Ray cluster (default: a private local one)")
-    _output_options(p, "the summary")
-
-    p = command("status", "counts by state, the best value and parameters, elapsed time and a table of trials",
-                "sweeps status mnist-a --storage postgresql://user:pw@host/db")
-    p.add_argument("study", help="study name")
-    _storage_option(p)
-    p.add_argument("--json", action="store_true", help="print as JSON")
-
-    p = command("best", "the best trial's value, parameters and metrics",
-                "sweeps best mnist-a --storage postgresql://user:pw@host/db --evaluate")
-    p.add_argument("study", help="study name")
-    _storage_option(p)
-    p.add_argument("--evaluate", action="store_true",
-                   help="also measure the best model on the held-out test split (needs TensorFlow)")
-    p.add_argument("--json", action="store_true", help="print as JSON")
-
-    p = command("rerun", "train one trial's configuration again (same parameters, seed, epochs) and compare",
-                "sweeps rerun mnist-a 7 --storage postgresql://user:pw@host/db")
-    p.add_argument("study", help="study name")
-    p.add_argument("trial", type=int, help="trial number")
-    _storage_option(p)
-    _output_options(p, "the comparison")
-
-    p = command("dashboard", "open optuna-dashboard on the study storage (learning curves, metrics, artifacts)",
-                "sweeps dashboard digits-demo --storage sqlite:///sweeps.db --port 8080")
-    p.add_argument("study", nargs="?", help="study to open (default: the list of studies)")
-    _storage_option(p)
-    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
-    p.add_argument("--port", type=int, default=8080, help="port (default 8080)")
-    p.add_argument("--allow-remote-writes", action="store_true",
-                   help="with --host other than loopback: accept that anyone who reaches the port can delete studies, "
-                        "set results and upload files (optuna-dashboard has no login)")
-
-    p = command("export", "the best trial's model for serving: .keras, SavedModel (TF Serving layout) or TFLite",
-                "sweeps export digits-demo --format tflite --quantize int8 --out models/")
-    p.add_argument("study", help="study name")
-    _storage_option(p)
-    p.add_argument("--format", dest="fmt", choices=("keras", "saved_model", "tflite", "backbone"),
-                   default="keras", help="keras (one .keras file), saved_model (OUT/STUDY/1/ for TensorFlow Serving), "
-                                         "tflite, or backbone (the pretrained backbone's .weights.h5 for weights: FILE)")
-    p.add_argument("--quantize", choices=("none", "float16", "int8"), default="none",
-                   help="TFLite post-training quantisation (int8: calibrated on training images)")
-    p.add_argument("--out", default="exported", metavar="DIR", help="output folder (default: exported/)")
-    _output_options(p, "the result")
-
-    p = command("report", "an HTML report and PNG plots: history, importances, parallel coordinates, curves",
-                "sweeps report digits-demo --out report/")
-    p.add_argument("study", help="study name")
-    _storage_option(p)
-    p.add_argument("--out", default="report", metavar="DIR", help="output folder (default: report/)")
-    _output_options(p, "the written paths")
-
-    p = command("ls", "the studies in a storage, with trial counts and best values",
-                "sweeps ls --storage postgresql://user:pw@host/db")
-    _storage_option(p)
-    p.add_argument("--json", action="store_true", help="print as JSON")
-    return parser
-
+from sweeps import cliargs
 
 # -- commands: each calls one function and prints --------------------------------------------
 
@@ -170,6 +54,8 @@ def _print_summary(s: dict[str, Any], as_json: bool) -> int:
             print("best params: " + ", ".join(f"{k}={_fmt(v)}" for k, v in s["best_params"].items()))
         if s.get("gpu_hours_budget"):
             print(f"GPU time: {s['gpu_hours']:.4f} of {s['gpu_hours_budget']:g} GPU hours")
+        if len(s.get("objectives", [])) > 1:
+            print(f"{len(s['objectives'])} objectives: `sweeps best {s['study']} --pareto` lists the Pareto front")
         if s.get("interrupted"):
             print(f"interrupted; continue with `sweeps resume {s['study']}`")
     if s.get("interrupted"):        # 128 + the signal's number, as shells report it
@@ -195,10 +81,16 @@ def _status(args: argparse.Namespace) -> int:
 
     c = s["counts"]
     console = Console(width=None if sys.stdout.isatty() else 250)
-    console.print(f"study [bold]{s['study']}[/]: {s['metric']} ({s['direction']}), budget {s['n_trials']} trials, "
+    goals = ", ".join(f"{o['name']} ({o['goal']})" for o in s["objectives"])
+    limits = "".join(f"; {k} " + ", ".join(f"{side} {_fmt(v)}" for side, v in b.items())
+                     for k, b in s["constraints"].items())
+    console.print(f"study [bold]{s['study']}[/]: {goals}{limits}, budget {s['n_trials']} trials, "
                   f"{s['elapsed_seconds']:.0f}s elapsed"
                   + (f", GPU {s['gpu_hours']:.3f} of {s['gpu_hours_budget']:g} h" if s["gpu_hours_budget"] else ""))
     console.print("  ".join(f"{k.lower()} {v}" for k, v in c.items()))
+    if s["forked_from"]:
+        console.print(f"forked from {s['forked_from']['study']}: {s['forked_from']['trials']} of its trials copied in "
+                      "(outside the budget)", markup=False)
     errors = s["store_errors"]
     if errors["count"]:
         console.print(f"WARNING: {errors['count']} checkpoint write(s) to {s['checkpoint_store']} failed (last: "
@@ -208,18 +100,41 @@ def _status(args: argparse.Namespace) -> int:
         console.print(f"best: {b['value']:.4f} (trial {b['number']}) "
                       + ", ".join(f"{k}={_fmt(v)}" for k, v in b["params"].items()))
     names = list(dict.fromkeys(k for t in s["trials"] for k in t["params"]))
-    table = Table("#", "state", "value", "epochs", "sec", *names, "reason", box=None, header_style="bold")
+    more = [o["name"] for o in s["objectives"][1:]]          # further objectives beside the metric
+    table = Table("#", "state", "value", *more, "epochs", "sec", *names, "reason", box=None, header_style="bold")
     for t in s["trials"]:
-        table.add_row(str(t["number"]), t["state"], "" if t["value"] is None else f"{t['value']:.4f}",
+        extra = [_fmt(v) for v in t["values"][1:]] if t["values"] and more else [""] * len(more)
+        table.add_row(str(t["number"]), t["state"], "" if t["value"] is None else f"{t['value']:.4f}", *extra,
                       str(t["epochs"]), "" if t["seconds"] is None else f"{t['seconds']:.1f}",
                       *(_fmt(t["params"][k]) if k in t["params"] else "" for k in names), t["reason"])
     console.print(table)
     return 0
 
 
+def _pareto(args: argparse.Namespace) -> int:
+    from sweeps.summary import pareto
+
+    p = pareto(args.study, args.storage)
+    if args.json:
+        print(json.dumps(p, indent=2))
+        return 0
+    names = [o["name"] for o in p["objectives"]]
+    shown = ", ".join(f"{o['name']} ({o['goal']})" for o in p["objectives"])
+    print(f"study {p['study']}: Pareto front of {shown}, {len(p['front'])} model(s)")
+    params = list(dict.fromkeys(k for row in p["front"] for k in {**row["params"], **row["fixed_params"]}))
+    print("\t".join(["trial", *names, *params]))
+    for row in p["front"]:
+        every = {**row["params"], **row["fixed_params"]}
+        print("\t".join([str(row["number"]), *(_fmt(row["values"][n]) for n in names),
+                         *(_fmt(every[k]) if k in every else "" for k in params)]))
+    return 0
+
+
 def _best(args: argparse.Namespace) -> int:
     from sweeps.summary import best
 
+    if args.pareto:
+        return _pareto(args)
     b = best(args.study, args.storage)
     if args.evaluate:
         from sweeps.trained import evaluate, load_trained
@@ -229,7 +144,8 @@ def _best(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(b, indent=2))
         return 0
-    print(f"study {b['study']}: best trial {b['number']}, value {b['value']:.4f}")
+    extra = ", ".join(f"{k} {_fmt(v)}" for k, v in list(b["values"].items())[1:])
+    print(f"study {b['study']}: best trial {b['number']}, value {b['value']:.4f}" + (f" ({extra})" if extra else ""))
     for k, v in {**b["params"], **b["fixed_params"]}.items():
         print(f"  {k}: {_fmt(v)}")
     for k, v in b["metrics"].items():
@@ -239,6 +155,32 @@ def _best(args: argparse.Namespace) -> int:
         print(f"held-out test split ({t['n_test']} images, model from {t['source']}): accuracy {t['accuracy']:.4f}, "
               f"macro precision {t['macro_precision']:.4f}, recall {t['macro_recall']:.4f}, F1 {t['macro_f1']:.4f}")
         print("  per-class recall: " + ", ".join(f"{r:.3f}" for r in t["per_class_recall"]))
+    return 0
+
+
+def _enqueue(args: argparse.Namespace) -> int:
+    from sweeps.warmstart import enqueue
+
+    r = enqueue(args.study, args.storage, args.configurations)
+    if args.json:
+        print(json.dumps(r, indent=2))
+        return 0
+    print(f"queued {r['queued']} configuration(s) into {r['study']}; its budget is now {r['n_trials']} trials: "
+          f"`sweeps resume {r['study']}` runs them first")
+    return 0
+
+
+def _fork(args: argparse.Namespace) -> int:
+    from sweeps.runner import fork_sweep
+
+    r = fork_sweep(args.old, args.new, args.space, args.storage)
+    if args.json:
+        print(json.dumps(r, indent=2))
+        return 0
+    for line in r["notices"]:
+        print(line, file=sys.stderr)
+    print(f"study {r['study']}: {r['copied']} of {r['of']} finished trials of {r['forked_from']} fit its space and "
+          f"were copied (they do not count towards its budget); run it with `sweeps resume {r['study']}`")
     return 0
 
 
@@ -294,7 +236,8 @@ def _say(args: argparse.Namespace) -> Callable[[str], None]:
 def _export(args: argparse.Namespace) -> int:
     from sweeps.export import export_best
 
-    e = export_best(args.study, args.storage, fmt=args.fmt, out=args.out, quantize=args.quantize, say=_say(args))
+    e = export_best(args.study, args.storage, fmt=args.fmt, out=args.out, quantize=args.quantize, trial=args.trial,
+                    say=_say(args))
     if args.json:
         print(json.dumps(e.to_dict(), indent=2))
         return 0
@@ -320,16 +263,18 @@ def _report(args: argparse.Namespace) -> int:
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "run": _run, "resume": _resume, "status": _status, "best": _best, "ls": _ls, "dashboard": _dashboard,
-    "export": _export, "report": _report, "rerun": _rerun,
+    "export": _export, "report": _report, "rerun": _rerun, "enqueue": _enqueue, "fork": _fork,
 }
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = _parser()
+    parser = cliargs.parser()
     args = parser.parse_args(argv)
     if not args.command:
         parser.print_help()
         return 2
+    if args.debug:                     # TensorFlow's native chatter too (sweeps/export.py)
+        os.environ["SWEEPS_DEBUG"] = "1"
     try:
         return COMMANDS[args.command](args)
     except KeyboardInterrupt:

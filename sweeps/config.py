@@ -14,10 +14,12 @@ from typing import Any
 
 import yaml
 
+from sweeps import builder
+from sweeps.objectives import bound_dict
 from sweeps.parameters import Param
 from sweeps.validation import ConfigError, Sections
 from workers.hyperparameters import DEFAULTS
-from workers.spec import TrialSpec
+from workers.spec import SIZES, Bound, ModelBuilder, TrialSpec
 
 __all__ = ["ConfigError", "DatasetConfig", "Param", "SweepConfig", "from_dict", "load"]
 
@@ -74,12 +76,22 @@ class SweepConfig:
     backend: str = "tensorflow"           # Keras backend of the workers: tensorflow or jax
     gpu_hours: float | None = None        # budget: no trial starts once this much GPU time is spent
     max_failed_trials: int | None = None  # budget: stop once this many configurations failed for good (None: auto)
+    objectives: tuple[tuple[str, str], ...] = ()   # objectives after the metric: (measure, goal)
+    constraints: tuple[Bound, ...] = ()   # bounds on measures a model must meet
+    model: ModelBuilder | None = None     # the user's model builder; None: the built-in architectures
+    tensorboard: str | bool | None = None  # a log folder, false (off), or None: beside a checkpoint folder
+    seed_trials: tuple[dict[str, Any], ...] = ()   # configurations to try first (enqueued when the study is made)
 
     def to_dict(self) -> dict[str, Any]:
         """The resolved config, in the YAML's own shape (JSON-safe)."""
         return {
             "study": self.study,
             "metric": {"name": self.metric, "goal": self.direction},
+            **({"objectives": [{"name": n, "goal": g} for n, g in self.all_objectives]} if self.objectives else {}),
+            **({"constraints": {b.measure: bound_dict(b) for b in self.constraints}} if self.constraints else {}),
+            **({"model": builder.to_dict(self.model)} if self.model else {}),
+            **({"tensorboard": self.tensorboard} if self.tensorboard is not None else {}),
+            **({"seed_trials": [dict(t) for t in self.seed_trials]} if self.seed_trials else {}),
             "dataset": self.dataset.to_dict(),
             "epochs": self.epochs,
             "seed": self.seed,
@@ -100,6 +112,11 @@ class SweepConfig:
             "checkpoints": {"store": self.checkpoint_store, "keep_best": self.keep_best},
             "parameters": {name: p.to_dict() for name, p in self.parameters.items()},
         }
+
+    @property
+    def all_objectives(self) -> list[tuple[str, str]]:
+        """(name, goal) of every objective, the metric first."""
+        return [(self.metric, self.direction), *self.objectives]
 
     @property
     def failure_limit(self) -> int:
@@ -125,7 +142,8 @@ class SweepConfig:
                          threads=self.threads, checkpoint=checkpoint, save_checkpoints=save_checkpoints,
                          deterministic=self.deterministic, folds=self.dataset.folds or 0,
                          mixed_precision=self.mixed_precision, jit_compile=self.jit_compile,
-                         steps_per_execution=self.steps_per_execution)
+                         steps_per_execution=self.steps_per_execution, model=self.model,
+                         limits=tuple(b for b in self.constraints if b.measure in SIZES))
 
     @property
     def steps(self) -> int:

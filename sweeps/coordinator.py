@@ -24,7 +24,7 @@ from typing import Any
 
 import optuna
 
-from sweeps import recovery, space
+from sweeps import board, recovery, space
 from sweeps import storage as db
 from sweeps import study as schema
 from sweeps.artifacts import artifact_store
@@ -33,6 +33,7 @@ from sweeps.checkpoints import Checkpoints, CheckpointStore
 from sweeps.config import SweepConfig
 from sweeps.dispatch import Dispatcher
 from sweeps.errors import EXIT_CODES, SweepFailed, SweepsError
+from sweeps.objectives import first_objective
 from sweeps.outcome import Outcomes
 from sweeps.progress import Progress, ProgressCallback
 from workers import data as datasets
@@ -70,16 +71,19 @@ class Coordinator:
         self.checkpoints = Checkpoints(CheckpointStore(config.checkpoint_store, key), config.keep_best,
                                        schema.maximize(study), study.user_attrs.get(schema.STORE_ERRORS_ATTR)) \
             if config.checkpoint_store and key else None
-        self.outcomes = Outcomes(study, self.storage, config.max_retries,
+        self.outcomes = Outcomes(study, self.storage, config,
                                  artifact_store(config.checkpoint_store) if self.checkpoints else None,
                                  arrays.class_names, self._note)
         self.counter = recovery.Counter(schema.maximize(study))
+        self.pruner_view = first_objective(study)   # pruning acts on the metric (objective 1)
         self.stalls = recovery.StallWatch(config.stall_timeout)
         self.best: optuna.trial.FrozenTrial | None = None    # the best complete trial, as the counts read it
         self.last_beat = 0.0
         self.last_count = 0.0
         self.deferred: list[Callable[[], None]] = []   # finished trials' clean-up, after the next launch
         self.notices: list[str] = []                   # said when the trials start
+        self.board = board.for_study(config, key, self._note)     # TensorBoard logs, or nothing
+        self.notices += [f"TensorBoard: tensorboard --logdir {d}" for d in (self.board.logdir,) if d]
 
     # -- the loop -----------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
@@ -115,6 +119,7 @@ class Coordinator:
             for signum, previous in handlers.items():
                 signal.signal(signum, previous)
             self.dispatcher.close()
+            self.board.close()
         self._store_errors()
 
     def step(self) -> bool:
@@ -249,7 +254,7 @@ class Coordinator:
         p.running, p.waiting, p.retried = tally.running, tally.waiting, tally.retried
         if best is not None:           # study.best_trial, without another query
             self.best = best
-            p.best_value, p.best_number = best.value, best.number
+            p.best_value, p.best_number = schema.first_value(best), best.number
         return tally
 
     def _heartbeat(self) -> None:
@@ -303,11 +308,14 @@ class Coordinator:
                 new_attrs[schema.REASON] = new_attrs[schema.CHECKPOINT_NOTE] = attrs[schema.CHECKPOINT_NOTE] = note
             if say:
                 self._say(say)
+        earlier: dict[int, float] = {}
         if checkpoint is not None:
             meta = read_meta(checkpoint)
-            for epoch, value in sorted((int(k), v) for k, v in meta["values"].items()):
-                trial.report(value, epoch)    # the learning curve continues where the last attempt stopped
+            earlier = {int(k): v for k, v in meta["values"].items()}
+            for epoch, value in sorted(earlier.items()):
+                self.study._storage.set_trial_intermediate_value(trial._trial_id, epoch, value)   # the curve goes on
             attrs[schema.START_EPOCH] = new_attrs[schema.START_EPOCH] = int(meta["epoch"])
+        self.board.start(trial.number, chosen, earlier, self.config.metric)
         db.set_user_attrs(self.storage, trial._trial_id, new_attrs)
         self.trials[trial.number] = trial
         self.attrs[trial.number] = attrs
@@ -320,13 +328,18 @@ class Coordinator:
             return Decision.PRUNE
         if not math.isfinite(report.value):
             return Decision.CONTINUE
-        try:
-            self._db(lambda: trial.report(report.value, report.epoch))
+        try:       # the storage's own call: Trial.report refuses a study with several objectives
+            self._db(lambda: self.study._storage.set_trial_intermediate_value(trial._trial_id, report.epoch,
+                                                                              report.value))
         except optuna.exceptions.UpdateFinishedTrialError:
             return Decision.PRUNE     # another coordinator took this trial for lost meanwhile
+        self.board.epoch(report, self.config.metric)
         if report.epoch >= self.config.steps:  # fully trained: keep it as a complete trial
             return Decision.CONTINUE
-        return Decision.PRUNE if self._db(trial.should_prune) else Decision.CONTINUE
+        return Decision.PRUNE if self._db(lambda: self._should_prune(trial)) else Decision.CONTINUE
+
+    def _should_prune(self, trial: optuna.Trial) -> bool:
+        return self.study.pruner.prune(self.pruner_view, self.study._storage.get_trial(trial._trial_id))
 
     def _save_checkpoint(self, report: EpochReport) -> None:
         """After the worker has its answer, so it trains on while the checkpoint is written."""
@@ -351,6 +364,7 @@ class Coordinator:
         self.stalls.forget(number)
         trial = self.trials.pop(number)
         attrs = self.attrs.pop(number)
+        self.board.end(result, self.outcomes.objectives)
         try:
             retried = self._db(lambda: self.outcomes.store(trial, attrs, result, fault))
         except optuna.exceptions.UpdateFinishedTrialError:
@@ -365,8 +379,8 @@ class Coordinator:
     def _after_tell(self, result: TrialResult, config_id: int, retried: bool) -> None:
         if self.checkpoints is not None and not retried:
             if result.state == TrialState.COMPLETE:   # as the counts read them: this one, and any since
-                self.checkpoints.retention.rank({schema.config_id(t.number, t.user_attrs): t.value
-                                                 for t in self.counter.take_completed() if t.value is not None})
+                self.checkpoints.retention.rank({schema.config_id(t.number, t.user_attrs): t.values[0]
+                                                 for t in self.counter.take_completed()})
             else:
                 self.checkpoints.retention.discard(config_id)
         self._refresh()
@@ -382,5 +396,5 @@ class Coordinator:
             "best_params": schema.full_params(best) if best is not None else None,     # searched and fixed
             "elapsed_seconds": round(p.elapsed, 1), "budget_met": p.finished >= p.n_trials,
             "gpu_hours": p.gpu_hours, "gpu_hours_budget": p.gpu_budget,
-            "stopped_by": p.stop_reason or None,
+            "stopped_by": p.stop_reason or None, "objectives": [name for name, _ in self.config.all_objectives],
         }

@@ -13,10 +13,13 @@ original model, so a quantised model that lost accuracy is flagged.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import sys
 import tempfile
-from collections.abc import Callable
+import warnings
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -48,7 +51,8 @@ class Exported:
 
 
 def export_best(study_name: str, storage_url: str | None, *, fmt: str, out: str, quantize: str = "none",
-                say: Callable[[str], None] = lambda line: None) -> Exported:
+                trial: int | None = None, say: Callable[[str], None] = lambda line: None) -> Exported:
+    """The best trial's model (or trial ``trial``'s, e.g. a Pareto front member) in ``fmt``, checked."""
     if fmt not in FORMATS:
         raise SweepsError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
     if quantize not in QUANTIZE:
@@ -57,7 +61,7 @@ def export_best(study_name: str, storage_url: str | None, *, fmt: str, out: str,
         raise SweepsError("--quantize applies to --format tflite only")
     from sweeps.trained import load_trained  # also quiets TensorFlow before it is imported
 
-    t = load_trained(study_name, storage_url, say=say)
+    t = load_trained(study_name, storage_url, trial, say=say)
     study, config, best, data, model, source = t.study, t.config, t.trial, t.data, t.model, t.source
 
     import keras
@@ -65,7 +69,7 @@ def export_best(study_name: str, storage_url: str | None, *, fmt: str, out: str,
     original = _accuracy(lambda x: model.predict(x, batch_size=256, verbose=0), data)
 
     os.makedirs(out, exist_ok=True)
-    name = _safe(study_name)
+    name = _safe(study_name) + ("" if trial is None else f"-trial{best.number}")
     say(f"exporting trial {best.number} as {fmt}" + (f" ({quantize})" if quantize != "none" else ""))
     if fmt == "backbone":
         from workers.models import backbone
@@ -146,6 +150,30 @@ def _tree_size(path: str) -> int:
     return sum(os.path.getsize(os.path.join(d, f)) for d, _, files in os.walk(path) for f in files)
 
 
+@contextlib.contextmanager
+def _native_quiet() -> Iterator[None]:
+    """TensorFlow Lite's converter and interpreter print from C++ straight to the terminal ("fully_quantize:
+    0, ...", "Created TensorFlow Lite XNNPACK delegate"): not progress. Kept with --debug (SWEEPS_DEBUG)."""
+    if os.environ.get("SWEEPS_DEBUG"):
+        yield
+        return
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = [os.dup(1), os.dup(2)]
+    null = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(null, 1)
+        os.dup2(null, 2)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")      # tf.lite.Interpreter's deprecation notice
+            yield
+    finally:
+        os.dup2(saved[0], 1)
+        os.dup2(saved[1], 2)
+        for fd in (*saved, null):
+            os.close(fd)
+
+
 def _tflite(model: Any, quantize: str, data: datasets.Arrays) -> bytes:
     import tensorflow as tf
 
@@ -162,16 +190,20 @@ def _tflite(model: Any, quantize: str, data: datasets.Arrays) -> bytes:
             converter.optimizations = [tf.lite.Optimize.DEFAULT]
             converter.representative_dataset = lambda: ([sample[i:i + 1]] for i in range(len(sample)))
             converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-        return converter.convert()
+        with _native_quiet():
+            return converter.convert()
 
 
 def tflite_predict(path: str) -> Callable[[np.ndarray], np.ndarray]:
     """Run a .tflite file with the TFLite interpreter, one image at a time."""
     import tensorflow as tf
 
-    interpreter = tf.lite.Interpreter(model_path=path)
-    interpreter.allocate_tensors()
-    inp, outp = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
+    with _native_quiet():
+        interpreter = tf.lite.Interpreter(model_path=path)
+        interpreter.allocate_tensors()
+        inp, outp = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
+        interpreter.set_tensor(inp["index"], np.zeros(inp["shape"], dtype=inp["dtype"]))
+        interpreter.invoke()              # the delegate says hello on the first run
 
     def predict(x: np.ndarray) -> np.ndarray:
         out = []

@@ -9,10 +9,11 @@ from typing import Any
 
 import optuna
 
-from sweeps import recovery
+from sweeps import objectives, recovery
 from sweeps import storage as db
 from sweeps import study as schema
 from sweeps.artifacts import upload_confusion_matrix
+from sweeps.config import SweepConfig
 from sweeps.errors import first_line
 from workers.spec import Failure, TrialResult, TrialState
 
@@ -20,9 +21,11 @@ from workers.spec import Failure, TrialResult, TrialState
 class Outcomes:
     """Writes outcomes for one coordinator; ``note`` takes a line for the display (a failed upload)."""
 
-    def __init__(self, study: optuna.Study, storage: Any, max_retries: int, artifacts: Any,
+    def __init__(self, study: optuna.Study, storage: Any, config: SweepConfig, artifacts: Any,
                  class_names: tuple[str, ...], note: Callable[[str], None]) -> None:
-        self.study, self.storage, self.max_retries = study, storage, max_retries
+        self.study, self.storage, self.max_retries = study, storage, config.max_retries
+        self.objectives = [name for name, _ in config.all_objectives]
+        self.constraints = config.constraints
         self.artifacts, self.class_names, self.note = artifacts, class_names, note
 
     def store(self, trial: optuna.Trial, attrs: dict[str, Any], result: TrialResult, fault: bool) -> bool:
@@ -39,15 +42,22 @@ class Outcomes:
                     and frozen.user_attrs.get(schema.FAILURE) == Failure.COORDINATOR_LOST.value):
                 raise
             return False      # our own earlier attempt got through before the connection dropped
-        if result.state == TrialState.COMPLETE and result.value is not None and math.isfinite(result.value):
+        if result.state in (TrialState.COMPLETE, TrialState.PRUNED):
+            broken = objectives.set_constraints(trial, self.constraints, result.metrics)
+            if broken and result.state == TrialState.COMPLETE:
+                self.note(f"trial {trial.number} breaks the constraint on {', '.join(broken)}: it stays out of "
+                          "the best trials")
+        told = objectives.values(self.objectives, result.value, result.metrics)
+        if result.state == TrialState.COMPLETE and not isinstance(told, str):
             self._upload_confusion_matrix(trial, result)
-            self.study.tell(trial, result.value)
+            self.study.tell(trial, told)
             return False
         if result.state == TrialState.PRUNED:
             self.study.tell(trial, state=optuna.trial.TrialState.PRUNED)
             return False
         if result.state == TrialState.COMPLETE:       # nothing finite was measured: retrying will not help
-            trial.set_user_attr(schema.REASON, "no finite metric was measured")
+            trial.set_user_attr(schema.REASON, "no finite metric was measured" if result.value is None
+                                or not math.isfinite(result.value) else told)
             self.study.tell(trial, state=optuna.trial.TrialState.FAIL)
             return False
         self.study.tell(trial, state=optuna.trial.TrialState.FAIL)

@@ -11,6 +11,7 @@ import os
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from sweeps.builder import BUILT_IN_ONLY
 from workers.hyperparameters import BOOL, BY_NAME, CHOICE, INT, WEIGHTS, WEIGHTS_KIND, Hyperparameter
 
 if TYPE_CHECKING:
@@ -38,7 +39,9 @@ class Param:
 
     @property
     def is_int(self) -> bool:
-        return BY_NAME[self.name].kind == INT
+        if self.name in BY_NAME:
+            return BY_NAME[self.name].kind == INT
+        return all(isinstance(x, int) and not isinstance(x, bool) for x in (self.low, self.high, self.step or 1))
 
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {}
@@ -58,8 +61,9 @@ class Param:
 class Parameters:
     """Checks of the ``parameters:`` section, reported through the sections' ``Checks``."""
 
-    def __init__(self, checks: Checks) -> None:
+    def __init__(self, checks: Checks, own_model: bool = False) -> None:
         self.c = checks
+        self.own_model = own_model      # names outside the table are the user's model's own parameters
 
     def all(self, raw: Any) -> dict[str, Param]:
         if not isinstance(raw, dict) or not raw:
@@ -73,8 +77,14 @@ class Parameters:
 
     def one(self, name: str, spec: Any) -> Param:
         key = f"parameters.{name}"
+        if self.own_model and name in BUILT_IN_ONLY:
+            self.c.fail(key, f"{name} chooses a built-in model; with model: set, your function builds the model "
+                             "(remove this parameter)")
+        if name not in BY_NAME and self.own_model:
+            return self.own(key, name, spec)
         if name not in BY_NAME:
-            self.c.fail(key, f"unknown parameter; known: {', '.join(BY_NAME)}")
+            self.c.fail(key, f"unknown parameter; known: {', '.join(BY_NAME)} (or set model: to tune your own "
+                             "model with its own parameters)")
         h = BY_NAME[name]
         if not isinstance(spec, dict):
             spec = {"value": spec}
@@ -93,6 +103,64 @@ class Parameters:
         if "values" in spec:
             return Param(name, values=self._choices(key, name, spec["values"]), when=when)
         return self._range(key, name, spec, when)
+
+    def own(self, key: str, name: str, spec: Any) -> Param:
+        """A parameter of the user's model: its kind comes from how it is declared (numbers in a range are
+        whole when low, high and step are; choices are plain values)."""
+        if not name.isidentifier():
+            self.c.fail(key, "a parameter name must be letters, digits and _ (your function reads params[name])")
+        if not isinstance(spec, dict):
+            spec = {"value": spec}
+        self.c.unknown_keys(key, spec, PARAM_KEYS)
+        when = self._when(key, spec.get("when"))
+        kinds = [k for k in ("value", "values", "low") if k in spec]
+        if "high" in spec and "low" not in spec or "low" in spec and "high" not in spec:
+            self.c.fail(key, "a range needs both low and high")
+        if len(kinds) != 1:
+            self.c.fail(key, "give exactly one of value (fixed), values (a choice list) or low/high (a range)")
+        if "value" in spec:
+            return Param(name, value=_plain(self.c, key, spec["value"]), when=when)
+        if "values" in spec:
+            values = spec["values"]
+            if not isinstance(values, list) or not values:
+                self.c.fail(f"{key}.values", "the choice list is empty; list at least one value")
+            if len(set(map(repr, values))) != len(values):
+                self.c.fail(f"{key}.values", f"lists a value twice: {values}")
+            return Param(name, values=[_plain(self.c, f"{key}.values", v) for v in values], when=when)
+        low, high, step, log = spec["low"], spec["high"], spec.get("step"), spec.get("log", False)
+        for bound, val in (("low", low), ("high", high)):
+            self.c.number(f"{key}.{bound}", val)
+        self.c.flag(f"{key}.log", log)
+        if low > high:
+            self.c.fail(key, f"low ({low}) > high ({high}); make low <= high")
+        if log and low <= 0:
+            self.c.fail(key, f"log scale needs low > 0, got {low}; raise low (e.g. 1e-6)")
+        if step is not None:
+            self.c.number(f"{key}.step", step, low=0, low_ok=False)
+            if log:
+                self.c.fail(f"{key}.step", "step and log cannot be combined; drop one")
+        return Param(name, low=low, high=high, log=log, step=step, when=when)
+
+    def configurations(self, key: str, raw: Any, params: dict[str, Param]) -> list[dict[str, Any]]:
+        """Configurations to try (``seed_trials``, ``sweeps enqueue``): each value inside its parameter's space."""
+        if not isinstance(raw, list) or not raw:
+            self.c.fail(key, "must be a list of configurations, e.g. [{learning_rate: 3.0e-3, batch_size: 64}]")
+        out = []
+        for i, item in enumerate(raw):
+            where = f"{key}[{i}]"
+            if not isinstance(item, dict) or not item:
+                self.c.fail(where, "must map parameter names to values, e.g. {learning_rate: 3.0e-3}")
+            for name, value in item.items():
+                if name not in params:
+                    self.c.fail(f"{where}.{name}", f"not a parameter of this space; its parameters: {', '.join(params)}")
+                problem = fits(params[name], value)
+                if problem:
+                    self.c.fail(f"{where}.{name}", problem)
+                for parent, allowed in params[name].when.items():
+                    if parent in item and item[parent] not in allowed:
+                        self.c.fail(f"{where}.{name}", f"{name} exists only when {parent} is one of {allowed}")
+            out.append(dict(item))
+        return out
 
     def _choices(self, key: str, name: str, values: Any) -> list[Any]:
         if not isinstance(values, list) or not values:
@@ -203,6 +271,29 @@ class Parameters:
 
         for name in params:
             visit(name, [])
+
+
+def fits(p: Param, value: Any) -> str | None:
+    """Why ``value`` lies outside parameter ``p``'s space (None when it lies inside)."""
+    if p.fixed:
+        return None if value == p.value else f"this space fixes {p.name} at {p.value!r}, got {value!r}"
+    if p.values is not None:
+        return None if value in p.values else f"{p.name} must be one of {p.values}, got {value!r}"
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return f"{p.name} must be a number, got {value!r}"
+    if p.is_int and not float(value).is_integer():
+        return f"{p.name} takes whole numbers, got {value!r}"
+    assert p.low is not None and p.high is not None
+    if not p.low <= value <= p.high:
+        return f"{p.name} must lie in [{p.low}, {p.high}], got {value!r}"
+    return None
+
+
+def _plain(c: Checks, key: str, value: Any) -> Any:
+    """A value Optuna can store as a choice: a number, a string, true / false or null."""
+    if value is not None and not isinstance(value, (bool, int, float, str)):
+        c.fail(key, f"must be a number, a string, true/false or null, got {value!r}")
+    return value
 
 
 def value_error(h: Hyperparameter, value: Any) -> str | None:

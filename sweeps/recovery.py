@@ -19,7 +19,7 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from sweeps.study import ATTEMPT, CONFIG_ID, FAILURE, FAULTS, REASON, RETRY_OF, config_id
+from sweeps.study import ATTEMPT, CONFIG_ID, FAILURE, FAULTS, FORKED_FROM, REASON, RETRY_OF, config_id, feasible, first_value
 from workers.spec import Failure, better
 
 
@@ -168,12 +168,18 @@ class Counter:
         self.completed: list[FrozenTrial] = []  # settled COMPLETE trials not yet taken by take_completed()
 
     def _better(self, a: FrozenTrial, b: FrozenTrial | None) -> bool:
-        return a.value is not None and better(a.value, None if b is None else b.value, self.maximize)
+        """``a`` meets its constraints and beats ``b`` on the metric (the first objective)."""
+        value = first_value(a)
+        return value is not None and feasible(a) and better(value, None if b is None else first_value(b),
+                                                             self.maximize)
 
     def _settle(self, t: FrozenTrial) -> None:
-        if t.state == TrialState.COMPLETE:
+        if FORKED_FROM in t.user_attrs:        # copied from another study: a candidate, not this budget's
+            if self._better(t, self.best):
+                self.best = t
+        elif t.state == TrialState.COMPLETE:
             self.counts.complete += 1
-            if t.value is not None:
+            if first_value(t) is not None:
                 self.completed.append(t)
                 if self._better(t, self.best):
                     self.best = t
@@ -203,7 +209,7 @@ class Counter:
                 self.replaced.add(t.user_attrs[RETRY_OF])
             if t.state == TrialState.COMPLETE:
                 out.complete += 1
-                if t.value is not None and self._better(t, best):
+                if self._better(t, best):
                     best = t
             elif t.state == TrialState.PRUNED:
                 out.pruned += 1

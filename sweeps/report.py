@@ -26,7 +26,20 @@ PLOTS = {
     "param_importances": ("Parameter importances (fANOVA)", "plot_param_importances"),
     "parallel_coordinate": ("Parallel coordinates", "plot_parallel_coordinate"),
     "intermediate_values": ("Learning curves (validation metric per epoch)", "plot_intermediate_values"),
+    "pareto_front": ("Pareto front (several objectives)", "plot_pareto_front"),
 }
+TARGETED = ("plot_optimization_history", "plot_param_importances", "plot_parallel_coordinate")
+
+
+def _plot_options(study: optuna.Study, function: str) -> dict[str, Any] | None:
+    """Keyword arguments for one of Optuna's plots; None when it does not apply to this study. With several
+    objectives the single-objective plots show the metric (the first one)."""
+    names = schema.objective_names(study)
+    if function == "plot_pareto_front":
+        return {"target_names": names} if len(names) in (2, 3) else None
+    if len(names) > 1 and function in TARGETED:
+        return {"target": schema.first_value, "target_name": names[0]}
+    return {}
 
 
 def write_report(name: str, storage_url: str | None, out: str,
@@ -48,11 +61,14 @@ def write_report(name: str, storage_url: str | None, out: str,
     images: dict[str, str] = {}
     skipped: dict[str, str] = {}
     for key, (title, function) in PLOTS.items():
+        options = _plot_options(study, function)
+        if options is None:
+            continue
         say(f"plotting {title.lower()}")
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                axes = getattr(ovm, function)(study)
+                axes = getattr(ovm, function)(study, **options)
             figure = (axes.flat[0] if hasattr(axes, "flat") else axes).get_figure()
             figure.set_size_inches(9, 5)
             figure.tight_layout()
@@ -61,9 +77,9 @@ def write_report(name: str, storage_url: str | None, out: str,
             images[key] = f"{key}.png"
         except Exception as e:   # e.g. importances need two or more complete trials
             skipped[key] = str(e).splitlines()[0] if str(e) else type(e).__name__
-    best = study.best_trial
-    matrix = best.user_attrs.get("confusion_matrix")
-    if matrix:
+    best = schema.best_trial(study)
+    matrix = best.user_attrs.get("confusion_matrix") if best is not None else None
+    if best is not None and matrix:
         classes = study.user_attrs.get(schema.DATASET_ATTR, {}).get("class_names") or [str(i) for i in range(len(matrix))]
         confusion_matrix_png(matrix, classes, os.path.join(out, "confusion_matrix.png"),
                              title=f"best trial {best.number}: validation confusion matrix")
@@ -83,12 +99,19 @@ def _html(study: optuna.Study, config: Any, storage_url: str | None, images: dic
     counts = schema.state_counts(trials)
     maximize = schema.maximize(study)
     complete = sorted((t for t in trials if t.state == optuna.trial.TrialState.COMPLETE),
-                      key=lambda t: float(t.value or 0.0), reverse=maximize)[:10]
+                      key=lambda t: float(schema.first_value(t) or 0.0), reverse=maximize)[:10]
     names = list(dict.fromkeys(k for t in complete for k in t.params))
+    objectives = schema.objective_names(study)[1:]      # shown beside the metric
     rows = "".join(
-        "<tr>" + f"<td>{t.number}</td><td>{t.value:.4f}</td><td>{t.user_attrs.get('macro_f1', float('nan')):.4f}</td>"
+        "<tr>" + f"<td>{t.number}</td>" + "".join(f"<td>{v:{'.4f' if i == 0 else '.4g'}}</td>" for i, v in enumerate(t.values))
+        + f"<td>{t.user_attrs.get('macro_f1', float('nan')):.4f}</td><td>{'yes' if schema.feasible(t) else 'no'}</td>"
         + "".join(f"<td>{e(_fmt(t.params.get(k, '')))}</td>" for k in names) + "</tr>" for t in complete)
-    best = study.best_trial
+    best = schema.best_trial(study)
+    best_line = ("none meets the constraints yet" if best is None else
+                 f"trial {best.number}, {e(config.metric)} {schema.first_value(best):.4f}; "
+                 + e(", ".join(f"{k}={_fmt(v)}" for k, v in schema.full_params(best).items())))
+    limits = "".join(f"; {e(k)} {e(', '.join(f'{side} {_fmt(v)}' for side, v in b.items()))}"
+                     for k, b in config.to_dict().get("constraints", {}).items())
     sections = "".join(f"<h2>{e(PLOTS[k][0] if k in PLOTS else 'Best trial: confusion matrix')}</h2>"
                        f"<img src=\"{e(v)}\" alt=\"{e(k)}\">" for k, v in images.items())
     notes = "".join(f"<li>{e(PLOTS[k][0])}: not drawn ({e(v)})</li>" for k, v in skipped.items())
@@ -97,13 +120,14 @@ def _html(study: optuna.Study, config: Any, storage_url: str | None, images: dic
 <style>body{{font-family:sans-serif;max-width:1000px;margin:2em auto}}table{{border-collapse:collapse}}
 td,th{{border:1px solid #ccc;padding:2px 6px;text-align:right}}img{{max-width:100%}}</style></head><body>
 <h1>Study {e(study.study_name)}</h1>
-<p>Storage {e(mask(resolve_url(storage_url)))}; metric {e(config.metric)} ({e(study.direction.name.lower())});
+<p>Storage {e(mask(resolve_url(storage_url)))}; objectives {e(", ".join(f"{n} ({g})" for n, g in config.all_objectives))}
+{f"; constraints{limits}" if limits else ""};
 budget {config.n_trials} trials; written {datetime.datetime.now().isoformat(timespec="seconds")}.</p>
 <p>Trials: {", ".join(f"{k.lower()} {v}" for k, v in counts.items() if v)}.</p>
-<p>Best: trial {best.number}, {e(config.metric)} {best.value:.4f};
-{e(", ".join(f"{k}={_fmt(v)}" for k, v in schema.full_params(best).items()))}</p>
+<p>Best: {best_line}</p>
 <h2>Best trials</h2>
-<table><tr><th>#</th><th>{e(config.metric)}</th><th>macro F1</th>{"".join(f"<th>{e(k)}</th>" for k in names)}</tr>
+<table><tr><th>#</th><th>{e(config.metric)}</th>{"".join(f"<th>{e(n)}</th>" for n in objectives)}<th>macro F1</th>
+<th>meets constraints</th>{"".join(f"<th>{e(k)}</th>" for k in names)}</tr>
 {rows}</table>
 {sections}
 {f"<ul>{notes}</ul>" if notes else ""}

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from sweeps import builder, warmstart
 from sweeps import study as schema
 from sweeps.checkpoints import CheckpointStore, default_location
-from sweeps.config import ConfigError, SweepConfig
+from sweeps.config import ConfigError, SweepConfig, load
 from sweeps.coordinator import Coordinator
 from sweeps.dispatch import Dispatcher
 from sweeps.errors import SweepsError
@@ -23,7 +24,33 @@ from workers import data as datasets
 def run_sweep(config: SweepConfig, storage_url: str | None = None, *, ray_address: str | None = None,
               on_progress: ProgressCallback | None = None, dispatcher: Dispatcher | None = None) -> dict[str, Any]:
     """Create the study and run it until its budget is met (on Ray unless a ``dispatcher`` is given)."""
+    config, arrays, notices = _checked(config, storage_url)
+    dispatcher = dispatcher or _ray(config, ray_address)          # a wrong address is said before the study exists
+    study = _create(config, storage_url, arrays)
+    coordinator = Coordinator(study, config, arrays, dispatcher, on_progress=on_progress)
+    coordinator.notices += notices
+    return coordinator.run()
+
+
+def fork_sweep(old: str, new: str, space_path: str, storage_url: str | None = None) -> dict[str, Any]:
+    """A new study from ``space_path`` (named ``new``) holding the finished trials of ``old`` that fit its space;
+    ``sweeps resume NEW`` runs it."""
+    old_study = schema.load(old, storage_url)
+    config = load(space_path).replace(study=new)
+    warmstart.check_fork(old_study, schema.load_config(old_study), config)
+    config, arrays, notices = _checked(config, storage_url)
+    study = _create(config, storage_url, arrays)
+    copied = warmstart.copy_trials(old_study, study, config)
+    study.set_user_attr(warmstart.FORK_ATTR, {"study": old, "trials": copied})
+    return {"study": new, "forked_from": old, "copied": copied,
+            "of": len(old_study.get_trials(deepcopy=False, states=warmstart.FINISHED)), "notices": notices}
+
+
+def _checked(config: SweepConfig, storage_url: str | None) -> tuple[SweepConfig, datasets.Arrays, list[str]]:
+    """The dataset loaded and the user's model built once: a problem is one line before the study exists."""
     arrays = _load_data(config)
+    if config.model is not None:
+        builder.check(config, arrays.input_shape, arrays.n_classes)
     notices = []
     if config.checkpoint_store is None:
         url = resolve_url(storage_url)
@@ -32,11 +59,13 @@ def run_sweep(config: SweepConfig, storage_url: str | None = None, *, ray_addres
             notices.append(f"checkpoints go to {config.checkpoint_store} on this machine; to resume on another, set "
                            "checkpoints.store to a folder every machine shares or s3://bucket/prefix "
                            "(or later: sweeps resume --checkpoint-store)")
-    dispatcher = dispatcher or _ray(config, ray_address)          # a wrong address is said before the study exists
+    return config, arrays, notices
+
+
+def _create(config: SweepConfig, storage_url: str | None, arrays: datasets.Arrays) -> Any:
     study = schema.create(config, storage_url, {**config.dataset.to_dict(), **arrays.describe()})
-    coordinator = Coordinator(study, config, arrays, dispatcher, on_progress=on_progress)
-    coordinator.notices += notices
-    return coordinator.run()
+    warmstart.seed(study, config)
+    return study
 
 
 def resume_sweep(name: str, storage_url: str | None = None, *, n_trials: int | None = None,

@@ -74,3 +74,13 @@ def grid_size(params: dict[str, Param]) -> int:
     for values in grid(params).values():
         size *= len(values)
     return size
+
+
+def distribution(p: Param) -> optuna.distributions.BaseDistribution:
+    """The distribution ``suggest`` gives a searched parameter (for trials copied in by a fork)."""
+    if p.values is not None:
+        return optuna.distributions.CategoricalDistribution(p.values)
+    assert p.low is not None and p.high is not None
+    if p.is_int:
+        return optuna.distributions.IntDistribution(int(p.low), int(p.high), step=int(p.step or 1), log=p.log)
+    return optuna.distributions.FloatDistribution(float(p.low), float(p.high), step=p.step, log=p.log)

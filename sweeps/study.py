@@ -29,6 +29,7 @@ DATASET_ATTR = "sweeps:dataset"   # the dataset reference, shape and class names
 VERSION_ATTR = "sweeps:version"
 UID_ATTR = "sweeps:uid"           # names the study's checkpoint folder, unique across databases
 STORE_ERRORS_ATTR = "sweeps:store_errors"   # checkpoint writes that failed: {count, last}
+FORK_ATTR = "sweeps:forked_from"  # `sweeps fork`: {study, trials copied}
 
 # -- trial attributes ----------------------------------------------------------------------------
 SEED = "seed"                     # the seed the trial trained with (a retry keeps its configuration's)
@@ -43,9 +44,11 @@ ATTEMPT = "attempt"
 FAULTS = "faults"                 # worker faults so far for this configuration (coordinator loss is not one)
 START_EPOCH = "start_epoch"       # the checkpoint epoch a retry resumed from
 CHECKPOINT_NOTE = "checkpoint_note"   # why a retry started earlier than its last checkpoint (a damaged slot)
+FORKED_FROM = "forked_from"       # a trial copied from another study by `sweeps fork`: {study, trial}; no budget
 
 # Metrics each complete trial stores (workers/metrics.py and the trainer): the scalars first.
-SCALAR_METRICS = ("accuracy", "macro_precision", "macro_recall", "macro_f1", "param_count", "seconds_per_epoch")
+SCALAR_METRICS = ("accuracy", "macro_precision", "macro_recall", "macro_f1", "param_count", "model_bytes",
+                  "latency_ms_per_image", "seconds_per_epoch")
 METRIC_KEYS = SCALAR_METRICS + ("per_class_recall", "confusion_matrix", "train_seconds")
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -57,13 +60,17 @@ def create(config: SweepConfig, storage_url: str | None, dataset: dict[str, Any]
     storage = open_storage(storage_url, create=True)
     try:
         study = optuna.create_study(storage=storage, study_name=config.study,
-                                    direction="maximize" if config.maximize else "minimize",
+                                    directions=[optuna.study.StudyDirection.MAXIMIZE if goal == "maximize"
+                                                else optuna.study.StudyDirection.MINIMIZE for _, goal in config.all_objectives],
                                     sampler=algorithms.sampler(config), pruner=algorithms.pruner(config))
     except optuna.exceptions.DuplicatedStudyError:
         raise SweepsError(
             f"study {config.study!r} already exists in {mask(resolve_url(storage_url))}; "
             f"continue it with `sweeps resume {config.study}` or choose another name with --study"
         ) from None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        study.set_metric_names([name for name, _ in config.all_objectives])   # dashboard axes: val_accuracy, ...
     study.set_user_attr(CONFIG_ATTR, config.to_dict())
     study.set_user_attr(DATASET_ATTR, dataset)
     study.set_user_attr(VERSION_ATTR, __version__)
@@ -100,7 +107,23 @@ def checkpoint_key(study: optuna.Study) -> str | None:
 
 
 def maximize(study: optuna.Study) -> bool:
-    return study.direction == optuna.study.StudyDirection.MAXIMIZE
+    """The first objective's goal (the metric every epoch reports)."""
+    return study.directions[0] == optuna.study.StudyDirection.MAXIMIZE
+
+
+def objective_names(study: optuna.Study) -> list[str]:
+    """The objectives' names, the metric first (Optuna's metric names; "value" before they were set)."""
+    return list(study.metric_names or [f"objective {i}" for i in range(len(study.directions))])
+
+
+def first_value(trial: optuna.trial.FrozenTrial) -> float | None:
+    """The metric's value (the first objective's), for one objective or several."""
+    return trial.values[0] if trial.values else None
+
+
+def feasible(trial: optuna.trial.FrozenTrial) -> bool:
+    """No constraint of the trial is broken (a trial without constraint values is feasible)."""
+    return all(v <= 0 for v in trial.constraints.values())
 
 
 def trial_seed(study_seed: int, config_id: int) -> int:
@@ -114,11 +137,23 @@ def config_id(number: int, user_attrs: dict[str, Any]) -> int:
 
 
 def best_trial(study: optuna.Study) -> optuna.trial.FrozenTrial | None:
-    """The best complete trial, or None before the first one completes."""
-    try:
-        return study.best_trial
-    except ValueError:
+    """The complete trial that meets every constraint with the best metric (the first objective), or None.
+
+    With several objectives it lies on the Pareto front: no trial beats it
+    on the first objective. ``pareto_front`` lists the others.
+    """
+    trials = [t for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+              if t.values and feasible(t)]
+    if not trials:
         return None
+    sign = 1 if maximize(study) else -1
+    return max(trials, key=lambda t: (sign * t.values[0], -t.number))
+
+
+def pareto_front(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
+    """Complete trials no other feasible trial dominates, best metric first (Optuna's ``best_trials``)."""
+    sign = -1 if maximize(study) else 1
+    return sorted(study.best_trials, key=lambda t: (sign * t.values[0], t.number))
 
 
 def full_params(trial: optuna.trial.FrozenTrial) -> dict[str, Any]:

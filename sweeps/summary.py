@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 from typing import Any
 
 import optuna
@@ -15,7 +16,8 @@ STATES = ("COMPLETE", "PRUNED", "FAIL", "RUNNING", "WAITING")
 
 def _trial_row(t: optuna.trial.FrozenTrial) -> dict[str, Any]:
     seconds = t.duration.total_seconds() if t.duration else None
-    return {"number": t.number, "state": t.state.name, "value": t.value, "params": t.params,
+    return {"number": t.number, "state": t.state.name, "value": schema.first_value(t), "values": t.values,
+            "params": t.params,
             "epochs": t.user_attrs.get(schema.EPOCHS_RUN, len(t.intermediate_values)),
             "seconds": round(seconds, 1) if seconds is not None else None,
             "reason": t.user_attrs.get(schema.REASON, "")}
@@ -26,18 +28,19 @@ def status(name: str, storage_url: str | None) -> dict[str, Any]:
     trials = study.get_trials(deepcopy=False)
     every = schema.state_counts(trials)
     counts = {s: every[s] for s in STATES}
-    starts = [t.datetime_start for t in trials if t.datetime_start]
-    ends = [t.datetime_complete for t in trials if t.datetime_complete]
-    elapsed = (max(ends) - min(starts)).total_seconds() if starts and ends else 0.0
     config = study.user_attrs.get(schema.CONFIG_ATTR, {})
     best = schema.best_trial(study)
     return {
-        "study": name, "direction": study.direction.name.lower(),
+        "study": name, "direction": study.directions[0].name.lower(),
         "metric": config.get("metric", {}).get("name", "value"),
+        "objectives": _objectives(study),
+        "constraints": config.get("constraints", {}),
+        "forked_from": study.user_attrs.get(schema.FORK_ATTR),
         "n_trials": config.get("budget", {}).get("n_trials"),
         "counts": counts,
-        "best": None if best is None else {"number": best.number, "value": best.value, "params": best.params},
-        "elapsed_seconds": round(elapsed, 1),
+        "best": None if best is None else {"number": best.number, "value": schema.first_value(best),
+                                           "params": best.params},
+        "elapsed_seconds": round(wall_seconds(trials), 1),
         "gpu_hours": round(gpu_hours(trials, config.get("resources", {}).get("gpus", 0) or 0), 5),
         "gpu_hours_budget": config.get("budget", {}).get("gpu_hours"),
         "checkpoint_store": config.get("checkpoints", {}).get("store"),
@@ -46,22 +49,55 @@ def status(name: str, storage_url: str | None) -> dict[str, Any]:
     }
 
 
+def wall_seconds(trials: list[optuna.trial.FrozenTrial]) -> float:
+    """The study's wall time: from its first trial's start to now while one runs, else to the last end."""
+    starts = [t.datetime_start for t in trials if t.datetime_start]
+    if not starts:
+        return 0.0
+    if any(t.state == optuna.trial.TrialState.RUNNING for t in trials):
+        end = datetime.datetime.now()
+    else:
+        end = max((t.datetime_complete for t in trials if t.datetime_complete), default=min(starts))
+    return max(0.0, (end - min(starts)).total_seconds())
+
+
+def _objectives(study: optuna.Study) -> list[dict[str, str]]:
+    return [{"name": n, "goal": d.name.lower()} for n, d in zip(schema.objective_names(study), study.directions)]
+
+
+def _best_row(study: optuna.Study, b: optuna.trial.FrozenTrial) -> dict[str, Any]:
+    return {"study": study.study_name, "number": b.number, "value": schema.first_value(b),
+            "values": dict(zip(schema.objective_names(study), b.values)), "params": b.params,
+            "fixed_params": b.user_attrs.get(schema.FIXED_PARAMS, {}), "seed": b.user_attrs.get(schema.SEED),
+            "constraints": dict(b.constraints), "metrics": schema.metrics(b, schema.SCALAR_METRICS),
+            "learning_curve": {int(k): v for k, v in sorted(b.intermediate_values.items())}}
+
+
 def best(name: str, storage_url: str | None) -> dict[str, Any]:
     study = schema.load(name, storage_url)
     b = schema.best_trial(study)
     if b is None:
-        raise SweepsError(f"study {name!r} has no completed trial yet; `sweeps status {name}` shows its trials")
-    return {"study": name, "number": b.number, "value": b.value, "params": b.params,
-            "fixed_params": b.user_attrs.get(schema.FIXED_PARAMS, {}), "seed": b.user_attrs.get(schema.SEED),
-            "metrics": schema.metrics(b, schema.SCALAR_METRICS),
-            "learning_curve": {int(k): v for k, v in sorted(b.intermediate_values.items())}}
+        raise SweepsError(f"study {name!r} has no completed trial that meets its constraints yet; "
+                          f"`sweeps status {name}` shows its trials")
+    return _best_row(study, b)
+
+
+def pareto(name: str, storage_url: str | None) -> dict[str, Any]:
+    """The Pareto front: complete trials meeting every constraint that no other such trial beats on all
+    objectives; one row per model, the best metric first."""
+    study = schema.load(name, storage_url)
+    front = schema.pareto_front(study)
+    if not front:
+        raise SweepsError(f"study {name!r} has no completed trial that meets its constraints yet; "
+                          f"`sweeps status {name}` shows its trials")
+    return {"study": name, "objectives": _objectives(study), "front": [_best_row(study, t) for t in front]}
 
 
 def list_studies(storage_url: str | None) -> list[dict[str, Any]]:
     storage = open_storage(storage_url)
     out = []
     for s in optuna.get_all_study_summaries(storage, include_best_trial=True):
-        out.append({"study": s.study_name, "n_trials": s.n_trials, "direction": s.direction.name.lower(),
-                    "best_value": s.best_trial.value if s.best_trial else None,
+        out.append({"study": s.study_name, "n_trials": s.n_trials, "direction": s.directions[0].name.lower(),
+                    "best_value": s.best_trial.values[0] if s.best_trial and s.best_trial.values else None,
                     "started": s.datetime_start.isoformat(timespec="seconds") if s.datetime_start else None})
     return out

@@ -121,14 +121,24 @@ def retrain(config: SweepConfig, trial: optuna.trial.FrozenTrial, data: datasets
 def serving_model(weights: list[np.ndarray], params: dict[str, Any], config: SweepConfig,
                   data: datasets.Arrays) -> Any:
     """The trained network without its (training-only) augmentation layers, weights copied layer by layer."""
-    from workers import augment, models
+    from workers import usermodel
 
     params = dict(params, weights="none")      # the trial's weights replace any starting weights
+    try:
+        return _copy_without_augmentation(weights, params, config, data)
+    except usermodel.BuilderError as e:
+        raise SweepsError(str(e)) from None
+
+
+def _copy_without_augmentation(weights: list[np.ndarray], params: dict[str, Any], config: SweepConfig,
+                               data: datasets.Arrays) -> Any:
+    from workers import augment, models
+
     trained = models.build(params, data.input_shape, data.n_classes,
                            augment.layers(params["augment"], config.dataset.flip, seed=0,
-                                          erasing=params["random_erasing"]))
+                                          erasing=params["random_erasing"]), builder=config.model)
     trained.set_weights(weights)
-    plain = models.build(params, data.input_shape, data.n_classes, [])
+    plain = models.build(params, data.input_shape, data.n_classes, [], builder=config.model)
     source = [layer for layer in trained.layers if layer.weights and not type(layer).__name__.startswith("Random")]
     target = [layer for layer in plain.layers if layer.weights]
     if len(source) != len(target):
@@ -161,7 +171,7 @@ def rerun(study_name: str, storage_url: str | None, number: int, *, say: Say = l
     epochs = config.epochs if config.dataset.folds else int(trial.user_attrs.get(schema.EPOCHS_RUN, config.epochs))
     say(f"retraining trial {number}: {epochs} epochs, seed {trial.user_attrs.get(schema.SEED)}")
     _, value = retrain(config, trial, data, epochs)
-    stored = trial.value
+    stored = schema.first_value(trial)
     if stored is None:     # a pruned trial: its best reported epoch
         values = list(trial.intermediate_values.values())
         stored = (max if config.maximize else min)(values)

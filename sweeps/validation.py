@@ -12,7 +12,9 @@ import math
 import os
 from typing import Any, NoReturn
 
+from sweeps.builder import model_section
 from sweeps.errors import SweepsError
+from sweeps.objectives import check_algorithms, constraints_section, objectives_section
 from sweeps.parameters import Parameters
 from workers.spec import METRICS
 
@@ -98,9 +100,9 @@ class Checks:
 class Sections(Checks):
     """One method per YAML section; each returns the ``SweepConfig`` fields it owns."""
 
-    TOP_LEVEL = ("study", "metric", "dataset", "epochs", "seed", "deterministic", "mixed_precision", "jit_compile",
-                 "steps_per_execution", "backend", "sampler", "pruner", "budget", "parallel", "resources",
-                 "recovery", "checkpoints", "parameters")
+    TOP_LEVEL = ("study", "metric", "objectives", "constraints", "dataset", "epochs", "seed", "deterministic",
+                 "mixed_precision", "jit_compile", "steps_per_execution", "backend", "sampler", "pruner", "budget",
+                 "parallel", "resources", "recovery", "checkpoints", "tensorboard", "model", "parameters", "seed_trials")
 
     def all(self, raw: Any) -> dict[str, Any]:
         """Every section in the order its problems are reported, then the checks across sections."""
@@ -110,6 +112,8 @@ class Sections(Checks):
         fields: dict[str, Any] = {}
         for section in self.TOP_LEVEL:
             fields.update(getattr(self, section)(raw, fields))
+        check_algorithms(self, [(fields["metric"], fields["direction"]), *fields["objectives"]],
+                         fields["sampler"]["name"], fields["pruner"]["name"])
         return fields
 
     def study(self, raw: dict[str, Any], _: dict[str, Any]) -> dict[str, Any]:
@@ -131,6 +135,33 @@ class Sections(Checks):
         goal = metric.get("goal", METRICS[name])
         self.one_of("metric.goal", goal, ("maximize", "minimize"), f"must be maximize or minimize, got {goal!r}")
         return {"metric": name, "direction": goal}
+
+    def objectives(self, raw: dict[str, Any], fields: dict[str, Any]) -> dict[str, Any]:
+        """Several objectives: the first is the metric (it fills ``metric`` and ``direction``)."""
+        if raw.get("objectives") is None:
+            return {"objectives": ()}
+        found = objectives_section(self, raw["objectives"], "metric" in raw, fields["metric"])
+        return {"metric": found[0][0], "direction": found[0][1], "objectives": tuple(found[1:])}
+
+    def constraints(self, raw: dict[str, Any], _: dict[str, Any]) -> dict[str, Any]:
+        return {"constraints": constraints_section(self, raw.get("constraints"))}
+
+    def tensorboard(self, raw: dict[str, Any], _: dict[str, Any]) -> dict[str, Any]:
+        value = raw.get("tensorboard")
+        if value is None or value is False:
+            return {"tensorboard": value}
+        if not isinstance(value, str) or not value.strip() or "://" in value:
+            self.fail("tensorboard", f"must be a folder for the logs, or false to write none; got {value!r}")
+        return {"tensorboard": os.path.abspath(os.path.join(self.base_dir or os.getcwd(), os.path.expanduser(value)))}
+
+    def seed_trials(self, raw: dict[str, Any], fields: dict[str, Any]) -> dict[str, Any]:
+        trials = raw.get("seed_trials")
+        if trials is None:
+            return {"seed_trials": ()}
+        return {"seed_trials": tuple(Parameters(self).configurations("seed_trials", trials, fields["parameters"]))}
+
+    def model(self, raw: dict[str, Any], _: dict[str, Any]) -> dict[str, Any]:
+        return {"model": model_section(self, raw.get("model"))}
 
     def dataset(self, raw: dict[str, Any], _: dict[str, Any]) -> dict[str, Any]:
         """The ``DatasetConfig`` fields, as a mapping under ``dataset``."""
@@ -298,7 +329,7 @@ class Sections(Checks):
                 "keep_best": self.integer("checkpoints.keep_best", checkpoints.get("keep_best", 3), low=0)}
 
     def parameters(self, raw: dict[str, Any], fields: dict[str, Any]) -> dict[str, Any]:
-        params = Parameters(self).all(raw.get("parameters"))
+        params = Parameters(self, own_model=fields["model"] is not None).all(raw.get("parameters"))
         if fields["sampler"]["name"] == "grid":
             for p in params.values():
                 if p.low is not None and p.step is None:

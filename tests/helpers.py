@@ -6,6 +6,7 @@ Fixtures (a PostgreSQL database per session, the session's Ray head) are in
 
 from __future__ import annotations
 
+import functools
 import os
 import socket
 import subprocess
@@ -15,7 +16,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import optuna
 import yaml
+
+from sweeps.storage import driver_url
 
 ROOT = Path(__file__).resolve().parents[1]
 ARTIFACTS = ROOT / "test-artifacts"          # screenshots and the like, kept for CI (git-ignored)
@@ -47,6 +51,22 @@ def wait_for(check: Callable[[], Any], what: str, *, timeout: float = 240, proc:
             raise AssertionError(f"the process ended before {what}: {err}")
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
         time.sleep(interval)
+
+
+@functools.cache
+def _plain_storage(url: str) -> optuna.storages.RDBStorage:
+    """One storage per URL for the tests' own reads. Each ``optuna.load_study(storage=URL)`` makes an engine of
+    its own whose connections stay open until garbage collection: polled in a wait, they filled PostgreSQL's
+    100 connections while other tests' sweeps needed some."""
+    if url.startswith("postgres"):
+        return optuna.storages.RDBStorage(driver_url(url), engine_kwargs={"pool_size": 1, "max_overflow": 2,
+                                                                          "pool_pre_ping": True})   # restarts
+    return optuna.storages.RDBStorage(url)
+
+
+def plain_study(name: str, url: str) -> optuna.Study:
+    """The study as plain Optuna reads it, through one storage per URL."""
+    return optuna.load_study(study_name=name, storage=_plain_storage(url))
 
 
 def free_port(above: int = 0) -> int:

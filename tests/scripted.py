@@ -33,8 +33,10 @@ class Scripted:
     """``(spec, data, reporter) -> TrialResult``, the real trainer's signature; records what it saw."""
 
     def __init__(self, value: Callable[[dict[str, Any], int], float] = curve, on_epoch: Hook | None = None,
-                 delay: float = 0.0, weights: int = 2) -> None:
+                 delay: float = 0.0, weights: int = 2,
+                 measures: Callable[[dict[str, Any]], dict[str, float]] | None = None) -> None:
         self.value, self.on_epoch, self.delay = value, on_epoch, delay
+        self.measures = measures          # what a complete trial measures besides accuracy (latency, size)
         self.weights = weights            # float32 "weights" in each checkpoint: its size
         self.lock = threading.Lock()
         self.running = 0
@@ -74,7 +76,8 @@ class Scripted:
             self.decisions[spec.number].append(decision)
             if decision == Decision.PRUNE:
                 return TrialResult(spec.number, TrialState.PRUNED, best, epoch, f"pruned after epoch {epoch}")
-        return TrialResult(spec.number, TrialState.COMPLETE, best, spec.epochs, "", {"accuracy": best})
+        return TrialResult(spec.number, TrialState.COMPLETE, best, spec.epochs, "",
+                           {"accuracy": best, **(self.measures(spec.params) if self.measures else {})})
 
 
 class ScriptedWorker:

@@ -59,6 +59,34 @@ BAD = {
     "one fold": (_with(dataset={"name": "digits", "folds": 1}), "dataset.folds: must be at least 2"),
     "max_images too small": (_with(dataset={"name": "digits", "max_images": 5}), "dataset.max_images: must be at least 20"),
     "unknown backend": (_with(backend="torch"), "backend: must be one of tensorflow, jax, got 'torch'"),
+    "own parameter without model": (_with_param("filters", {"values": [8, 16]}),
+                                    "parameters.filters: unknown parameter; known: learning_rate"),
+    "model entry malformed": (_with(model="models.build"), "model: must be package.module:function or "
+                                                           "file.py:function, got 'models.build'"),
+    "model file missing": (_with(model="nope.py:build"), "model: cannot read"),
+    "architecture with own model": (_with(model="tests.usermodels:build",
+                                          parameters={"architecture": "resnet", "learning_rate": 0.01}),
+                                    "parameters.architecture: architecture chooses a built-in model"),
+    "own range upside down": (_with(model="tests.usermodels:build", parameters={"filters": {"low": 9, "high": 2}}),
+                              "parameters.filters: low (9) > high (2)"),
+    "own value not plain": (_with(model="tests.usermodels:build", parameters={"filters": {"value": [1, 2]}}),
+                            "parameters.filters: must be a number, a string, true/false or null, got [1, 2]"),
+    "first objective not per epoch": (_with(objectives=["latency_ms_per_image", "val_accuracy"]),
+                                      "objectives[0].name: unknown objective 'latency_ms_per_image': the first"),
+    "objective twice": (_with(objectives=["val_accuracy", "macro_f1", "macro_f1"]),
+                        "objectives[2].name: macro_f1 is named twice"),
+    "objective and metric disagree": (_with(metric="val_loss", objectives=["val_accuracy", "param_count"]),
+                                      "objectives: the first objective (val_accuracy) must be the metric (val_loss)"),
+    "constraint as text": ("study: x\ndataset: digits\nparameters: {learning_rate: 0.01}\n"
+                           "constraints: {param_count: {max: 2e6}}\n",
+                           "constraints.param_count.max: must be a number, got '2e6' (YAML reads 2e6 as text"),
+    "constraint on unknown measure": (_with(constraints={"flops": {"max": 1}}), "constraints.flops: unknown measure"),
+    "constraint min above max": (_with(constraints={"model_bytes": {"min": 5, "max": 1}}),
+                                 "constraints.model_bytes: min (5) > max (1)"),
+    "cmaes with objectives": (_with(sampler="cmaes", objectives=["val_accuracy", "param_count"]),
+                              "sampler.name: cmaes optimises one objective"),
+    "hyperband with objectives": (_with(pruner="hyperband", objectives=["val_accuracy", "param_count"]),
+                                  "pruner.name: hyperband works on single-objective studies"),
 }
 
 
@@ -187,3 +215,22 @@ def test_backend_defaults_to_tensorflow_and_round_trips(tmp_path: Path) -> None:
     assert _load(tmp_path, _with()).backend == "tensorflow"
     cfg = _load(tmp_path, _with(backend="jax"))
     assert cfg.backend == "jax" and config.from_dict(cfg.to_dict(), source="study x").backend == "jax"
+
+
+def test_own_model_parameters_round_trip_with_objectives_and_constraints(tmp_path: Path) -> None:
+    """A model file is read once and its source stored with the config; the user's parameters keep the kind
+    they were declared with; objectives and constraints survive the study's stored copy."""
+    (tmp_path / "mine.py").write_text("def build(params, input_shape, n_classes):\n    pass\n")
+    cfg = _load(tmp_path, _with(model="mine.py:build", parameters={
+        "filters": {"values": [8, 16]}, "blocks": {"low": 1, "high": 3}, "scale": {"low": 0.5, "high": 2.0},
+        "act": "relu", "dropout": {"low": 0.0, "high": 0.3}},
+        objectives=[{"name": "val_accuracy"}, {"name": "latency_ms_per_image", "goal": "minimize"}],
+        constraints={"param_count": {"max": 2.0e6}, "latency_ms_per_image": {"max": 3}}))
+    assert cfg.model is not None and cfg.model.entry == "mine:build" and "def build" in (cfg.model.source or "")
+    assert cfg.parameters["blocks"].is_int and not cfg.parameters["scale"].is_int
+    assert cfg.all_objectives == [("val_accuracy", "maximize"), ("latency_ms_per_image", "minimize")]
+    spec = cfg.trial_spec(0, {"filters": 8, "blocks": 2, "scale": 1.0, "act": "relu"}, seed=1)
+    assert spec.model == cfg.model and [b.measure for b in spec.limits] == ["param_count"]   # sizes only
+    assert spec.params["filters"] == 8 and spec.params["learning_rate"] == 1e-3         # defaults filled in
+    (tmp_path / "mine.py").unlink()                  # the stored config needs no file
+    assert config.from_dict(cfg.to_dict(), source="stored") == cfg

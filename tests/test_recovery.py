@@ -22,8 +22,8 @@ import yaml
 from sweeps.config import SweepConfig, from_dict
 from sweeps.dispatch import InlineDispatcher
 from sweeps.runner import resume_sweep, run_sweep
-from sweeps.storage import DatabaseUnavailable, StoppedDuringOutage, driver_url
-from tests.helpers import run_cli, start_cli, wait_for, write_space
+from sweeps.storage import DatabaseUnavailable, StoppedDuringOutage
+from tests.helpers import plain_study, run_cli, start_cli, wait_for, write_space
 from tests.netns import Netns
 from tests.pgcluster import PgCluster
 from tests.processes import kill_tree, trainer_processes
@@ -36,7 +36,7 @@ NO_PRUNING = {"name": "none"}
 
 
 def _study(url: str, name: str) -> optuna.Study:
-    return optuna.load_study(study_name=name, storage=driver_url(url))
+    return plain_study(name, url)
 
 
 def _running_with_epochs(url: str, name: str, epochs: int) -> Callable[[], bool]:
@@ -135,7 +135,8 @@ def test_killed_worker_process_is_retried_and_the_sweep_completes(ray_head_node:
     _check_curves_continuous(trials)
     # keep_best: 1 -> only the best trial's configuration keeps its checkpoint (next to the SQLite file).
     best = _study(url, "worker-kill").best_trial
-    [folder] = [p for p in (tmp_path / "sweeps_artifacts").iterdir() if p.is_dir()]   # beside it: dashboard PNGs
+    [folder] = [p for p in (tmp_path / "sweeps_artifacts").iterdir()     # beside it: dashboard PNGs, and
+                if p.is_dir() and p.name != "tensorboard"]                # the TensorBoard logs of every study
     kept = {p.name.split(".")[0] for p in folder.iterdir()}
     assert kept == {f"config-{best.user_attrs.get('config_id', best.number)}"}, kept
 

@@ -9,13 +9,12 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-import optuna
 import psutil
 import pytest
 import sqlalchemy
 
 from sweeps.storage import driver_url
-from tests.helpers import ADMIN_URL, cli_here, start_cli, wait_for, write_space
+from tests.helpers import ADMIN_URL, cli_here, plain_study, start_cli, wait_for, write_space
 
 pytestmark = pytest.mark.slow
 
@@ -56,7 +55,7 @@ def test_planted_password_appears_nowhere(password_url: tuple[str, str], tmp_pat
     try:
         study_url = driver_url(url)
         wait_for(lambda: any(t.state.name == "RUNNING" and t.intermediate_values for t in
-                             optuna.load_study(study_name="secret", storage=study_url).get_trials()),
+                             plain_study("secret", study_url).get_trials()),
                  "a trial to report an epoch", proc=proc)
         ray_processes = psutil.Process(proc.pid).children(recursive=True)
         assert any("raylet" in " ".join(p.cmdline()) for p in ray_processes), "the sweep's own Ray should run"

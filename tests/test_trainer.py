@@ -325,3 +325,30 @@ def test_a_retry_from_the_last_epochs_checkpoint_completes_with_its_best_value(d
     resumed = train_trial(spec, digits, again)
     assert resumed.state == TrialState.COMPLETE and again.reports == []
     assert resumed.value == whole.value and resumed.metrics["start_epoch"] == 2
+
+
+def test_macro_f1_is_the_metric_every_epoch_when_asked(digits: data.Arrays) -> None:
+    """metric: macro_f1 reports the validation macro F1 after each epoch; the value is the best epoch's, and
+    it is the same F1 the final measurement computes on that epoch's weights."""
+    reporter = ListReporter()
+    spec = TrialSpec(number=0, params={**PARAMETER_DEFAULTS, "width": 8, "learning_rate": 1e-2}, epochs=3, seed=1,
+                     metric="macro_f1")
+    result = train_trial(spec, digits, reporter)
+    values = [r.value for r in reporter.reports]
+    assert [r.epoch for r in reporter.reports] == [1, 2, 3] and all(r.logs["macro_f1"] == r.value
+                                                                    for r in reporter.reports)
+    assert all(0 <= v <= 1 for v in values) and result.value == max(values)
+    assert result.metrics["macro_f1"] == pytest.approx(result.value, abs=1e-6)
+    assert result.metrics["macro_f1"] != result.metrics["accuracy"]     # not accuracy under another name
+
+
+def test_a_model_over_a_size_limit_is_rejected_before_its_first_epoch(digits: data.Arrays) -> None:
+    from workers.spec import Bound
+
+    reporter = ListReporter()
+    spec = TrialSpec(number=0, params={**PARAMETER_DEFAULTS, "width": 8}, epochs=3, seed=1,
+                     limits=(Bound("param_count", high=100),))
+    result = train_trial(spec, digits, reporter)
+    assert result.state == TrialState.PRUNED and result.epochs_run == 0 and not reporter.reports
+    assert result.reason.startswith("rejected before training: param_count ") and "breaks max 100" in result.reason
+    assert result.metrics["param_count"] > 100 and result.metrics["model_bytes"] >= 4 * result.metrics["param_count"]

@@ -10,6 +10,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from workers import usermodel
+from workers.spec import ModelBuilder
+
 BN_MOMENTUM = 0.9
 
 
@@ -152,14 +155,18 @@ ARCHITECTURES: dict[str, Callable[..., Any]] = {"simple_cnn": simple_cnn, "resne
 
 
 def build(params: dict[str, Any], input_shape: tuple[int, ...], n_classes: int,
-          augmentation: list[Any] | None = None) -> Any:
-    """A compiled-ready Keras model: augmentation, the body, then pooling, dropout and a softmax head."""
+          augmentation: list[Any] | None = None, builder: ModelBuilder | None = None) -> Any:
+    """A compiled-ready Keras model: augmentation, then the body with pooling, dropout and a softmax head, or
+    the user's own model (``builder``) whole."""
     import keras
 
     inputs = keras.Input(shape=input_shape)
     x = inputs
     for layer in augmentation or []:
         x = layer(x)
+    if builder is not None:
+        own = usermodel.build(builder, params, input_shape, n_classes)
+        return keras.Model(inputs, own(x), name=own.name)
     x = ARCHITECTURES[params["architecture"]](params, x, input_shape)
     x = keras.layers.GlobalAveragePooling2D()(x)
     if params["dropout"] > 0:

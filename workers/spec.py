@@ -7,10 +7,15 @@ TensorFlow, Ray or Optuna, so the control plane can use it freely.
 from __future__ import annotations
 
 import enum
+import math
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-METRICS = {"val_accuracy": "maximize", "val_loss": "minimize"}     # metric -> its natural goal
+METRICS = {"val_accuracy": "maximize", "val_loss": "minimize", "macro_f1": "maximize"}   # per epoch -> natural goal
+# What a trial measures once, at its best epoch (or, for the sizes, before its first): -> natural goal.
+MEASURES = {"latency_ms_per_image": "minimize", "param_count": "minimize", "model_bytes": "minimize",
+            "macro_f1": "maximize", "accuracy": "maximize"}
+SIZES = ("param_count", "model_bytes")     # known once the model is built: a constraint on them rejects it untrained
 
 
 def better(value: float, best: float | None, maximize: bool) -> bool:
@@ -48,6 +53,30 @@ class Failure(str, enum.Enum):
 
 
 @dataclass(frozen=True)
+class ModelBuilder:
+    """A user's model function: ``module:function`` installed on the workers, or a file's source shipped here."""
+
+    entry: str                        # "package.module:function", or "file_stem:function" for a file
+    source: str | None = None         # the file's text (None: import ``module`` where the trial runs)
+    file: str | None = None           # where the file was read, for tracebacks
+
+
+@dataclass(frozen=True)
+class Bound:
+    """A constraint on one measure: feasible when ``low <= value <= high`` (either side may be open)."""
+
+    measure: str
+    low: float | None = None
+    high: float | None = None
+
+    def violation(self, value: float) -> float:
+        """Optuna's constraint value: <= 0 when met, else how far out, relative to the bound."""
+        over = (value - self.high) / max(abs(self.high), 1e-12) if self.high is not None else -math.inf
+        under = (self.low - value) / max(abs(self.low), 1e-12) if self.low is not None else -math.inf
+        return max(over, under, -1.0)
+
+
+@dataclass(frozen=True)
 class TrialSpec:
     """Everything a worker needs to train one trial; no storage, no secrets. Built by ``SweepConfig.trial_spec``."""
 
@@ -66,6 +95,8 @@ class TrialSpec:
     mixed_precision: bool = False     # mixed_float16 on a GPU, mixed_bfloat16 on a CPU
     jit_compile: bool = False         # XLA
     steps_per_execution: int = 1
+    model: ModelBuilder | None = None     # the user's model; None: the built-in ``architecture``
+    limits: tuple[Bound, ...] = ()        # constraints on SIZES: a model that breaks one is not trained
 
 
 @dataclass(frozen=True)

@@ -18,10 +18,10 @@ from typing import Any
 
 import numpy as np
 
-from workers import augment, metrics, models
+from workers import augment, metrics, models, usermodel
 from workers import checkpoint as ckpt
 from workers.data import Arrays, TrainingInputs, training_inputs
-from workers.spec import Decision, EpochReport, Reporter, TrialResult, TrialSpec, TrialState, better
+from workers.spec import SIZES, Bound, Decision, EpochReport, Reporter, TrialResult, TrialSpec, TrialState, better
 
 
 def configure_threads(threads: int) -> None:
@@ -199,7 +199,8 @@ def _cross_validate(spec: TrialSpec, data: Arrays, reporter: Reporter) -> TrialR
         if result.value is None or result.state != TrialState.COMPLETE:
             mean = None if result.value is None else (sum(done) + result.value) / (len(done) + 1)
             return TrialResult(spec.number, result.state, mean, epochs_run,
-                               f"fold {fold + 1}/{k}: {result.reason}" if result.reason else "")
+                               f"fold {fold + 1}/{k}: {result.reason}" if result.reason else "",
+                               {key: result.metrics[key] for key in SIZES if key in result.metrics})
         assert predicted is not None            # a complete fold was measured
         done.append(result.value)
         y_true.append(part.y_val)
@@ -207,7 +208,7 @@ def _cross_validate(spec: TrialSpec, data: Arrays, reporter: Reporter) -> TrialR
         found = result.metrics
         seconds += found.get("train_seconds", 0.0)
     out = metrics.classification(np.concatenate(y_true), np.concatenate(y_pred), data.n_classes)
-    out.update({key: found[key] for key in ("param_count", "latency_ms_per_image") if key in found})
+    out.update({key: found[key] for key in (*SIZES, "latency_ms_per_image") if key in found})
     out.update(folds=k, fold_values=[round(v, 6) for v in done], start_epoch=0, train_seconds=round(seconds, 3),
                seconds_per_epoch=round(seconds / max(epochs_run, 1), 4))
     return TrialResult(spec.number, TrialState.COMPLETE, float(np.mean(done)), epochs_run, "", out)
@@ -224,16 +225,41 @@ def _train_split(spec: TrialSpec, data: Arrays, reporter: Reporter) -> tuple[Tri
         tf.config.experimental.enable_op_determinism()
     params = spec.params
     model = models.build(params, data.input_shape, data.n_classes,
-                         augment.layers(params["augment"], spec.flip, seed=spec.seed, erasing=params["random_erasing"]))
+                         augment.layers(params["augment"], spec.flip, seed=spec.seed, erasing=params["random_erasing"]),
+                         builder=spec.model)
+    size = usermodel.sizes(model)
+    broken = [b for b in spec.limits if b.violation(size[b.measure]) > 0]
+    if broken:        # known before the first epoch: not worth training
+        return TrialResult(spec.number, TrialState.PRUNED, None, 0, "rejected before training: " + "; ".join(
+            f"{b.measure} {size[b.measure]:,} breaks {_bound_text(b)}" for b in broken), dict(size)), None
     inputs = training_inputs(data, params, spec.seed)
     callback = _report_callback(spec, reporter)
+    before = [_macro_f1_callback(data)] if spec.metric == "macro_f1" else []
     started = time.perf_counter()
-    start = _fit(spec, model, inputs, callback)
-    return _measure(spec, model, data, callback, start, time.perf_counter() - started)
+    start = _fit(spec, model, inputs, callback, before)
+    return _measure(spec, model, data, callback, start, time.perf_counter() - started, size)
 
 
-def _fit(spec: TrialSpec, model: Any, inputs: TrainingInputs, callback: Any) -> int:
-    """The fit phases from the checkpoint's epoch (0 without one); returns that epoch."""
+def _bound_text(b: Bound) -> str:
+    return " and ".join(f"{side} {v:,g}" for side, v in (("min", b.low), ("max", b.high)) if v is not None)
+
+
+def _macro_f1_callback(data: Arrays) -> Any:
+    """Puts ``macro_f1`` of the validation images into each epoch's logs, before any callback reads them."""
+    import keras
+
+    class MacroF1(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+            if logs is not None:
+                predicted = np.argmax(self.model.predict(data.x_val, batch_size=256, verbose=0), axis=1)
+                logs["macro_f1"] = metrics.classification(data.y_val, predicted, data.n_classes)["macro_f1"]
+
+    return MacroF1()
+
+
+def _fit(spec: TrialSpec, model: Any, inputs: TrainingInputs, callback: Any, before: list[Any]) -> int:
+    """The fit phases from the checkpoint's epoch (0 without one); returns that epoch. ``before``: callbacks
+    that run before all others each epoch."""
     import keras
 
     params = spec.params
@@ -253,9 +279,9 @@ def _fit(spec: TrialSpec, model: Any, inputs: TrainingInputs, callback: Any) -> 
                       steps_per_execution=spec.steps_per_execution)
         if spec.checkpoint and start >= first:        # the optimizer state only within the phase that saved it
             _resume(model, spec.checkpoint, callback, optimizer=start > first)
-        callbacks = [callback]
+        callbacks = [*before, callback]
         if params["lr_schedule"] == "plateau":     # before the report callback's stop decisions matter
-            callbacks.insert(0, keras.callbacks.ReduceLROnPlateau(monitor=spec.metric, factor=0.5, patience=2,
+            callbacks.insert(len(before), keras.callbacks.ReduceLROnPlateau(monitor=spec.metric, factor=0.5, patience=2,
                                                                   mode="max" if spec.maximize else "min", verbose=0))
         model.fit(inputs.train, epochs=last, initial_epoch=max(first, start), class_weight=inputs.class_weight,
                   validation_data=inputs.validation, callbacks=callbacks, verbose=0, shuffle=False)
@@ -265,7 +291,7 @@ def _fit(spec: TrialSpec, model: Any, inputs: TrainingInputs, callback: Any) -> 
 
 
 def _measure(spec: TrialSpec, model: Any, data: Arrays, callback: Any, start: int,
-             seconds: float) -> tuple[TrialResult, np.ndarray | None]:
+             seconds: float, size: dict[str, int]) -> tuple[TrialResult, np.ndarray | None]:
     """The best epoch's weights on the validation images: metrics, latency, and the predictions."""
     callback.epochs_run = max(callback.epochs_run, start)
     if callback.best_weights is None:
@@ -276,7 +302,7 @@ def _measure(spec: TrialSpec, model: Any, data: Arrays, callback: Any, start: in
     predicted = np.argmax(model.predict(data.x_val, batch_size=256, verbose=0), axis=1)
     latency = (time.perf_counter() - timed) / max(len(data.x_val), 1)
     found = metrics.classification(data.y_val, predicted, data.n_classes)
-    found.update(param_count=int(model.count_params()), train_seconds=round(seconds, 3),
+    found.update(size, train_seconds=round(seconds, 3),
                  seconds_per_epoch=round(seconds / max(callback.epochs_run, 1), 4),
                  latency_ms_per_image=round(1000 * latency, 4), epoch_seconds=callback.epoch_seconds,
                  start_epoch=start)

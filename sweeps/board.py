@@ -1,0 +1,175 @@
+"""TensorBoard logs of a study: every trial's per-epoch metrics and its hyperparameters (the HParams plugin).
+
+Written by the coordinator from the reports it already receives (workers
+write nothing), one run folder per trial (``trial-0007``) under the study's
+log folder, plus the experiment's HParams config at its root, so
+``tensorboard --logdir DIR`` shows the curves, and the HParams tab the
+parameters against the objectives. Needs the optional ``tensorboard``
+package (``pip install -e ".[tensorboard]"``); a write that fails is said
+once and never stops a trial.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from typing import Any
+
+from sweeps.config import SweepConfig
+from sweeps.parameters import Param
+from workers.spec import EpochReport, TrialResult
+
+
+def available() -> bool:
+    try:
+        import tensorboard  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def run_name(number: int) -> str:
+    return f"trial-{number:04d}"
+
+
+def logdir(config: SweepConfig, key: str | None) -> str | None:
+    """Where a study's logs go: ``tensorboard:`` in the YAML, else in its checkpoint store when that is a folder
+    (``STORE/tensorboard/STUDY-UID``); None when off, or with no folder to put them in."""
+    if config.tensorboard is False or not available():
+        return None
+    if isinstance(config.tensorboard, str):
+        return os.path.join(config.tensorboard, key or config.study)
+    store = config.checkpoint_store
+    if store is None or key is None or "://" in store:
+        return None
+    return os.path.join(store, "tensorboard", key)
+
+
+def for_study(config: SweepConfig, key: str | None, note: Callable[[str], None]) -> Board | NoBoard:
+    folder = logdir(config, key)
+    if folder is None:
+        return NoBoard()
+    try:
+        return Board(folder, config.parameters, config.all_objectives, note)
+    except Exception as e:
+        note(f"no TensorBoard logs: {type(e).__name__}: {e}")
+        return NoBoard()
+
+
+class NoBoard:
+    """No logs: every call does nothing."""
+
+    logdir: str | None = None
+
+    def start(self, number: int, params: dict[str, Any], earlier: dict[int, float], metric: str) -> None:
+        pass
+
+    def epoch(self, report: EpochReport, metric: str) -> None:
+        pass
+
+    def end(self, result: TrialResult, objectives: list[str]) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+class Board(NoBoard):
+    """One event file per running trial; closed when the trial is told."""
+
+    def __init__(self, logdir: str, params: dict[str, Param], objectives: list[tuple[str, str]],
+                 note: Callable[[str], None]) -> None:
+        from tensorboard.summary.writer.event_file_writer import EventFileWriter
+
+        self.folder = self.logdir = logdir
+        self.note, self.broken = note, False
+        self._writer = EventFileWriter
+        self.open: dict[int, Any] = {}
+        self._write(logdir, None, _config_summary(params, objectives))
+
+    def _write(self, folder: str, step: int | None, summary: Any, writer: Any = None) -> None:
+        if self.broken:
+            return
+        from tensorboard.compat.proto import event_pb2
+
+        try:
+            own = writer is None
+            writer = writer or self._writer(folder)
+            writer.add_event(event_pb2.Event(wall_time=time.time(), step=step or 0, summary=summary))
+            writer.flush()
+            if own:
+                writer.close()
+        except Exception as e:       # a full disk, a folder that went away: the sweep goes on without logs
+            self.broken = True
+            self.note(f"TensorBoard logs in {self.logdir} stopped: {type(e).__name__}: {e}")
+
+    def start(self, number: int, params: dict[str, Any], earlier: dict[int, float], metric: str) -> None:
+        """A trial starts: its hyperparameters, and the epochs a retry's checkpoint already holds."""
+        from tensorboard.plugins.hparams import summary_v2
+
+        if self.broken:
+            return
+        try:
+            self.open[number] = self._writer(os.path.join(self.folder, run_name(number)))
+        except Exception as e:
+            self.broken = True
+            self.note(f"TensorBoard logs in {self.logdir} stopped: {type(e).__name__}: {e}")
+            return
+        plain = {k: v for k, v in params.items() if isinstance(v, (bool, int, float, str))}
+        self._write("", 0, summary_v2.hparams_pb(plain, trial_id=run_name(number)), self.open[number])
+        for epoch, value in sorted(earlier.items()):
+            self._write("", epoch, _scalars({metric: value}), self.open[number])
+
+    def epoch(self, report: EpochReport, metric: str) -> None:
+        if report.number in self.open:
+            values = {**{k: v for k, v in report.logs.items() if isinstance(v, (int, float))}, metric: report.value}
+            self._write("", report.epoch, _scalars(values), self.open[report.number])
+
+    def end(self, result: TrialResult, objectives: list[str]) -> None:
+        """The trial's objectives as measured (what the HParams table compares), then its file is closed."""
+        writer = self.open.pop(result.number, None)
+        if writer is None:
+            return
+        found = {f"objective/{name}": result.metrics.get(name) for name in objectives[1:]}
+        found[f"objective/{objectives[0]}"] = result.value
+        self._write("", result.epochs_run, _scalars({k: v for k, v in found.items() if isinstance(v, (int, float))}),
+                    writer)
+        try:
+            writer.close()
+        except Exception:
+            pass
+
+    def close(self) -> None:
+        for number in list(self.open):
+            try:
+                self.open.pop(number).close()
+            except Exception:
+                pass
+
+
+def _scalars(values: dict[str, float]) -> Any:
+    from tensorboard.compat.proto import summary_pb2
+
+    return summary_pb2.Summary(value=[summary_pb2.Summary.Value(tag=k, simple_value=float(v))
+                                      for k, v in values.items()])
+
+
+def _config_summary(params: dict[str, Param], objectives: list[tuple[str, str]]) -> Any:
+    """The experiment: each searched parameter with its domain, and the metrics the HParams tab shows."""
+    from tensorboard.plugins.hparams import summary_v2 as hp
+
+    hparams = []
+    for p in params.values():
+        if p.values is not None and all(isinstance(v, (int, float, str, bool)) for v in p.values):
+            kinds = {type(v) for v in p.values}
+            hparams.append(hp.HParam(p.name, hp.Discrete(p.values) if len(kinds) == 1 else None))
+        elif p.low is not None and p.high is not None:
+            domain = hp.IntInterval(int(p.low), int(p.high)) if p.is_int else hp.RealInterval(float(p.low),
+                                                                                               float(p.high))
+            hparams.append(hp.HParam(p.name, domain))
+        else:
+            hparams.append(hp.HParam(p.name))
+    metrics = [hp.Metric(f"objective/{name}", display_name=name) for name, _ in objectives]
+    metrics += [hp.Metric(objectives[0][0], display_name=f"{objectives[0][0]} per epoch")]
+    return hp.hparams_config_pb(hparams=hparams, metrics=metrics)

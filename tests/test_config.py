@@ -234,3 +234,20 @@ def test_own_model_parameters_round_trip_with_objectives_and_constraints(tmp_pat
     assert spec.params["filters"] == 8 and spec.params["learning_rate"] == 1e-3         # defaults filled in
     (tmp_path / "mine.py").unlink()                  # the stored config needs no file
     assert config.from_dict(cfg.to_dict(), source="stored") == cfg
+
+
+@pytest.mark.parametrize(("function", "expected"), [
+    ("logits", "model usermodels:logits does not output probabilities (its outputs do not sum to 1 per image); "
+               "end it with Dense(10, activation='softmax')"),
+    ("broken", "model usermodels:broken failed on input shape (8, 8, 1) with 10 classes: KeyError: 'no_such_parameter'"),
+    ("missing", "model usermodels:missing: usermodels has no function 'missing'"),
+])
+def test_a_model_that_cannot_be_built_is_one_line_before_anything_is_stored(tmp_path: Path, function: str,
+                                                                            expected: str) -> None:
+    space = tmp_path / "space.yaml"
+    space.write_text(_with(model=f"{ROOT / 'tests' / 'usermodels.py'}:{function}",
+                           parameters={"filters": {"values": [4, 8]}, "dense": 8}))
+    result = run_cli("run", str(space), cwd=tmp_path, timeout=120)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip().splitlines() == [f"error: {expected}"]
+    assert not (tmp_path / "sweeps.db").exists()

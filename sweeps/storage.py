@@ -110,9 +110,10 @@ def open_storage(url: str | None, *, create: bool = False) -> Any:
                     sqlalchemy.event.listen(storage.engine, "connect", _session_timeouts)
                     storage.engine.dispose()        # the connections made so far predate the listener
                 return storage
-            except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.OperationalError) as e:
-                # Another process (a dashboard, a second coordinator) created the schema at the same moment;
-                # the next attempt finds it in place.
+            except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.OperationalError, sqlalchemy.exc.ProgrammingError) as e:
+                # Another process (a dashboard, a second coordinator) created the schema at the same moment
+                # (PostgreSQL: a unique violation, or DuplicateTable when it committed between our check and our
+                # CREATE); the next attempt finds it in place.
                 racing = isinstance(e, sqlalchemy.exc.IntegrityError) or "already exists" in str(e)
                 if attempt == 4 or not racing:
                     raise

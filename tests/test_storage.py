@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import string
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote
 
 import pytest
@@ -97,6 +98,32 @@ def test_two_processes_creating_one_sqlite_file_at_once_both_succeed(tmp_path: P
                                   text=True) for _ in range(4)]
         outs = [p.communicate(timeout=120) for p in procs]
         assert [p.returncode for p in procs] == [0, 0, 0, 0], [err[-500:] for _, err in outs]
+
+
+def test_a_schema_created_by_another_opener_meanwhile_is_found_in_place(own_pg_url: str) -> None:
+    """`sweeps run`, a dashboard or a reader opening a fresh database together: another opener creates a table
+    between this one's check and its CREATE, which PostgreSQL answers with DuplicateTable (a ProgrammingError,
+    seen in CI); the next attempt must find the schema in place."""
+    import sqlalchemy
+
+    other = sqlalchemy.create_engine(storage.driver_url(own_pg_url), isolation_level="AUTOCOMMIT")
+    raced: list[str] = []
+
+    def other_opener_first(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        if statement.lstrip().startswith("CREATE TABLE studies") and not raced:
+            raced.append(statement)
+            with other.connect() as c:                  # the other opener wins the race
+                c.execute(sqlalchemy.text(statement))
+
+    sqlalchemy.event.listen(sqlalchemy.engine.Engine, "before_cursor_execute", other_opener_first)
+    try:
+        opened = storage.open_storage(own_pg_url, create=True)
+    finally:
+        sqlalchemy.event.remove(sqlalchemy.engine.Engine, "before_cursor_execute", other_opener_first)
+    assert raced, "the race should have been run"
+    assert opened.get_all_studies() == []                  # the whole schema is there and usable
+    opened.engine.dispose()
+    other.dispose()
 
 
 @pytest.mark.parametrize("where", ["postgresql", "sqlite"])

@@ -236,18 +236,33 @@ def test_own_model_parameters_round_trip_with_objectives_and_constraints(tmp_pat
     assert config.from_dict(cfg.to_dict(), source="stored") == cfg
 
 
-@pytest.mark.parametrize(("function", "expected"), [
-    ("logits", "model usermodels:logits does not output probabilities (its outputs do not sum to 1 per image); "
-               "end it with Dense(10, activation='softmax')"),
-    ("broken", "model usermodels:broken failed on input shape (8, 8, 1) with 10 classes: KeyError: 'no_such_parameter'"),
-    ("missing", "model usermodels:missing: usermodels has no function 'missing'"),
-])
-def test_a_model_that_cannot_be_built_is_one_line_before_anything_is_stored(tmp_path: Path, function: str,
-                                                                            expected: str) -> None:
+def test_a_model_that_cannot_be_built_is_one_line_before_anything_is_stored(tmp_path: Path) -> None:
     space = tmp_path / "space.yaml"
-    space.write_text(_with(model=f"{ROOT / 'tests' / 'usermodels.py'}:{function}",
+    space.write_text(_with(model=f"{ROOT / 'tests' / 'usermodels.py'}:logits",
                            parameters={"filters": {"values": [4, 8]}, "dense": 8}))
     result = run_cli("run", str(space), cwd=tmp_path, timeout=120)
     assert result.returncode == 2, result.stderr
-    assert result.stderr.strip().splitlines() == [f"error: {expected}"]
+    assert result.stderr.strip().splitlines() == [
+        "error: model usermodels:logits does not output probabilities (its outputs do not sum to 1 per image); "
+        "end it with Dense(10, activation='softmax')"]
     assert not (tmp_path / "sweeps.db").exists()
+
+
+@pytest.mark.parametrize(("function", "expected"), [
+    ("broken", "model usermodels:broken failed on input shape (8, 8, 1) with 10 classes: KeyError: 'no_such_parameter'"),
+    ("missing", "model usermodels:missing: usermodels has no function 'missing'"),
+    ("build", None),
+])
+def test_the_model_check_names_the_function_and_the_problem(function: str, expected: str | None) -> None:
+    """The check `sweeps run` runs in its own process (above), here in this one: each problem is one line."""
+    from workers.spec import ModelBuilder
+    from workers.usermodel import BuilderError, check
+
+    path = ROOT / "tests" / "usermodels.py"
+    builder = ModelBuilder(f"usermodels:{function}", path.read_text(), str(path))
+    if expected is None:
+        assert check(builder, {"filters": 4, "dense": 8}, (8, 8, 1), 10)["param_count"] == 4 * 10 + 64 * 8 + 8 + 90
+        return
+    with pytest.raises(BuilderError) as err:
+        check(builder, {"filters": 4, "dense": 8}, (8, 8, 1), 10)
+    assert str(err.value) == expected

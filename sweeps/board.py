@@ -50,11 +50,8 @@ def for_study(config: SweepConfig, key: str | None, note: Callable[[str], None])
     folder = logdir(config, key)
     if folder is None:
         return NoBoard()
-    try:
-        return Board(folder, config.parameters, config.all_objectives, note)
-    except Exception as e:
-        note(f"no TensorBoard logs: {type(e).__name__}: {e}")
-        return NoBoard()
+    board = Board(folder, config, note)
+    return NoBoard() if board.broken else board
 
 
 class NoBoard:
@@ -62,13 +59,13 @@ class NoBoard:
 
     logdir: str | None = None
 
-    def start(self, number: int, params: dict[str, Any], earlier: dict[int, float], metric: str) -> None:
+    def start(self, number: int, params: dict[str, Any], earlier: dict[int, float]) -> None:
         pass
 
-    def epoch(self, report: EpochReport, metric: str) -> None:
+    def epoch(self, report: EpochReport) -> None:
         pass
 
-    def end(self, result: TrialResult, objectives: list[str]) -> None:
+    def end(self, result: TrialResult) -> None:
         pass
 
     def close(self) -> None:
@@ -76,76 +73,84 @@ class NoBoard:
 
 
 class Board(NoBoard):
-    """One event file per running trial; closed when the trial is told."""
+    """One event file per running trial; closed when the trial is told. The first failure stops all logs."""
 
-    def __init__(self, logdir: str, params: dict[str, Param], objectives: list[tuple[str, str]],
-                 note: Callable[[str], None]) -> None:
+    def __init__(self, logdir: str, config: SweepConfig, note: Callable[[str], None]) -> None:
+        self.logdir, self.note, self.broken = logdir, note, False
+        self.objectives = [name for name, _ in config.all_objectives]     # the metric first
+        self.open: dict[int, Any] = {}
+        root = self._open(logdir)
+        if root is not None:
+            self._write(root, 0, _config_summary(config.parameters, config.all_objectives))
+            self._close(root)
+
+    def _open(self, folder: str) -> Any:
         from tensorboard.summary.writer.event_file_writer import EventFileWriter
 
-        self.folder = self.logdir = logdir
-        self.note, self.broken = note, False
-        self._writer = EventFileWriter
-        self.open: dict[int, Any] = {}
-        self._write(logdir, None, _config_summary(params, objectives))
+        return self._safely(lambda: EventFileWriter(folder))
 
-    def _write(self, folder: str, step: int | None, summary: Any, writer: Any = None) -> None:
-        if self.broken:
-            return
+    def _write(self, writer: Any, step: int, summary: Any) -> None:
         from tensorboard.compat.proto import event_pb2
 
-        try:
-            own = writer is None
-            writer = writer or self._writer(folder)
-            writer.add_event(event_pb2.Event(wall_time=time.time(), step=step or 0, summary=summary))
+        def write() -> None:
+            writer.add_event(event_pb2.Event(wall_time=time.time(), step=step, summary=summary))
             writer.flush()
-            if own:
-                writer.close()
-        except Exception as e:       # a full disk, a folder that went away: the sweep goes on without logs
-            self.broken = True
-            self.note(f"TensorBoard logs in {self.logdir} stopped: {type(e).__name__}: {e}")
 
-    def start(self, number: int, params: dict[str, Any], earlier: dict[int, float], metric: str) -> None:
-        """A trial starts: its hyperparameters, and the epochs a retry's checkpoint already holds."""
-        from tensorboard.plugins.hparams import summary_v2
+        self._safely(write)
 
-        if self.broken:
-            return
+    @staticmethod
+    def _close(writer: Any) -> None:
         try:
-            self.open[number] = self._writer(os.path.join(self.folder, run_name(number)))
+            writer.close()
+        except Exception:        # what it held is written already, or logs have stopped and said so
+            pass
+
+    def _safely(self, action: Callable[[], Any]) -> Any:
+        """``action()``, unless logs have stopped; a failure (a full disk, a folder gone) stops them, said once."""
+        if self.broken:
+            return None
+        try:
+            return action()
         except Exception as e:
             self.broken = True
             self.note(f"TensorBoard logs in {self.logdir} stopped: {type(e).__name__}: {e}")
+            return None
+
+    def start(self, number: int, params: dict[str, Any], earlier: dict[int, float]) -> None:
+        """A trial starts: its hyperparameters, and the epochs a retry's checkpoint already holds."""
+        from tensorboard.plugins.hparams import summary_v2
+
+        assert self.logdir is not None
+        writer = self._open(os.path.join(self.logdir, run_name(number)))
+        if writer is None:
             return
+        self.open[number] = writer
         plain = {k: v for k, v in params.items() if isinstance(v, (bool, int, float, str))}
-        self._write("", 0, summary_v2.hparams_pb(plain, trial_id=run_name(number)), self.open[number])
+        self._write(writer, 0, summary_v2.hparams_pb(plain, trial_id=run_name(number)))
         for epoch, value in sorted(earlier.items()):
-            self._write("", epoch, _scalars({metric: value}), self.open[number])
+            self._write(writer, epoch, _scalars({self.objectives[0]: value}))
 
-    def epoch(self, report: EpochReport, metric: str) -> None:
+    def epoch(self, report: EpochReport) -> None:
         if report.number in self.open:
-            values = {**{k: v for k, v in report.logs.items() if isinstance(v, (int, float))}, metric: report.value}
-            self._write("", report.epoch, _scalars(values), self.open[report.number])
+            values = {**{k: v for k, v in report.logs.items() if isinstance(v, (int, float))},
+                      self.objectives[0]: report.value}
+            self._write(self.open[report.number], report.epoch, _scalars(values))
 
-    def end(self, result: TrialResult, objectives: list[str]) -> None:
+    def end(self, result: TrialResult) -> None:
         """The trial's objectives as measured (what the HParams table compares), then its file is closed."""
         writer = self.open.pop(result.number, None)
         if writer is None:
             return
-        found = {f"objective/{name}": result.metrics.get(name) for name in objectives[1:]}
-        found[f"objective/{objectives[0]}"] = result.value
-        self._write("", result.epochs_run, _scalars({k: v for k, v in found.items() if isinstance(v, (int, float))}),
-                    writer)
-        try:
-            writer.close()
-        except Exception:
-            pass
+        found = {name: result.metrics.get(name) for name in self.objectives[1:]}
+        found[self.objectives[0]] = result.value
+        self._write(writer, result.epochs_run, _scalars({f"objective/{k}": v for k, v in found.items()
+                                                         if isinstance(v, (int, float))}))
+        self._close(writer)
 
     def close(self) -> None:
-        for number in list(self.open):
-            try:
-                self.open.pop(number).close()
-            except Exception:
-                pass
+        for writer in self.open.values():
+            self._close(writer)
+        self.open.clear()
 
 
 def _scalars(values: dict[str, float]) -> Any:

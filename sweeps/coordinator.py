@@ -75,7 +75,6 @@ class Coordinator:
                                  artifact_store(config.checkpoint_store) if self.checkpoints else None,
                                  arrays.class_names, self._note)
         self.counter = recovery.Counter(schema.maximize(study))
-        self.pruner_view = first_objective(study)   # pruning acts on the metric (objective 1)
         self.stalls = recovery.StallWatch(config.stall_timeout)
         self.best: optuna.trial.FrozenTrial | None = None    # the best complete trial, as the counts read it
         self.last_beat = 0.0
@@ -83,7 +82,8 @@ class Coordinator:
         self.deferred: list[Callable[[], None]] = []   # finished trials' clean-up, after the next launch
         self.notices: list[str] = []                   # said when the trials start
         self.board = board.for_study(config, key, self._note)     # TensorBoard logs, or nothing
-        self.notices += [f"TensorBoard: tensorboard --logdir {d}" for d in (self.board.logdir,) if d]
+        if self.board.logdir:
+            self.notices.append(f"TensorBoard: tensorboard --logdir {self.board.logdir}")
 
     # -- the loop -----------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
@@ -315,7 +315,7 @@ class Coordinator:
             for epoch, value in sorted(earlier.items()):
                 self.study._storage.set_trial_intermediate_value(trial._trial_id, epoch, value)   # the curve goes on
             attrs[schema.START_EPOCH] = new_attrs[schema.START_EPOCH] = int(meta["epoch"])
-        self.board.start(trial.number, chosen, earlier, self.config.metric)
+        self.board.start(trial.number, chosen, earlier)
         db.set_user_attrs(self.storage, trial._trial_id, new_attrs)
         self.trials[trial.number] = trial
         self.attrs[trial.number] = attrs
@@ -333,13 +333,13 @@ class Coordinator:
                                                                               report.value))
         except optuna.exceptions.UpdateFinishedTrialError:
             return Decision.PRUNE     # another coordinator took this trial for lost meanwhile
-        self.board.epoch(report, self.config.metric)
+        self.board.epoch(report)
         if report.epoch >= self.config.steps:  # fully trained: keep it as a complete trial
             return Decision.CONTINUE
         return Decision.PRUNE if self._db(lambda: self._should_prune(trial)) else Decision.CONTINUE
 
     def _should_prune(self, trial: optuna.Trial) -> bool:
-        return self.study.pruner.prune(self.pruner_view, self.study._storage.get_trial(trial._trial_id))
+        return self.study.pruner.prune(first_objective(self.study), self.study._storage.get_trial(trial._trial_id))
 
     def _save_checkpoint(self, report: EpochReport) -> None:
         """After the worker has its answer, so it trains on while the checkpoint is written."""
@@ -364,7 +364,7 @@ class Coordinator:
         self.stalls.forget(number)
         trial = self.trials.pop(number)
         attrs = self.attrs.pop(number)
-        self.board.end(result, self.outcomes.objectives)
+        self.board.end(result)
         try:
             retried = self._db(lambda: self.outcomes.store(trial, attrs, result, fault))
         except optuna.exceptions.UpdateFinishedTrialError:

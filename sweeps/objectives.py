@@ -91,15 +91,17 @@ def bound_dict(b: Bound) -> dict[str, float]:
     return {k: v for k, v in (("min", b.low), ("max", b.high)) if v is not None}
 
 
-def values(names: list[str], value: float | None, found: dict[str, Any]) -> list[float] | str:
-    """The values to tell, in objective order; or why one is missing."""
-    out = [value]
-    for name in names[1:]:
-        out.append(found.get(name))
-    for name, v in zip(names, out):
+def values(names: list[str], value: float | None, found: dict[str, Any]) -> list[float | None]:
+    """The values to tell, in objective order: the metric's, then each measure's (None where one is missing)."""
+    return [value, *(found.get(name) for name in names[1:])]
+
+
+def unmeasured(names: list[str], told: list[float | None]) -> str | None:
+    """Why these values cannot be told (None when they can): the metric, or another objective, is missing."""
+    for name, v in zip(names, told):
         if v is None or not math.isfinite(float(v)):
-            return f"objective {name} was not measured (got {v})"
-    return [float(v) for v in out if v is not None]
+            return "no finite metric was measured" if name == names[0] else f"objective {name} was not measured (got {v})"
+    return None
 
 
 def set_constraints(trial: optuna.Trial, bounds: tuple[Bound, ...], found: dict[str, Any]) -> list[str]:

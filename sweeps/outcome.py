@@ -3,7 +3,6 @@ confusion matrix as an artifact optuna-dashboard shows. Safe to run again after 
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from typing import Any
 
@@ -48,16 +47,16 @@ class Outcomes:
                 self.note(f"trial {trial.number} breaks the constraint on {', '.join(broken)}: it stays out of "
                           "the best trials")
         told = objectives.values(self.objectives, result.value, result.metrics)
-        if result.state == TrialState.COMPLETE and not isinstance(told, str):
+        missing = objectives.unmeasured(self.objectives, told)
+        if result.state == TrialState.COMPLETE and missing is None:
             self._upload_confusion_matrix(trial, result)
-            self.study.tell(trial, told)
+            self.study.tell(trial, [float(v) for v in told if v is not None])   # all measured here
             return False
         if result.state == TrialState.PRUNED:
             self.study.tell(trial, state=optuna.trial.TrialState.PRUNED)
             return False
         if result.state == TrialState.COMPLETE:       # nothing finite was measured: retrying will not help
-            trial.set_user_attr(schema.REASON, "no finite metric was measured" if result.value is None
-                                or not math.isfinite(result.value) else told)
+            trial.set_user_attr(schema.REASON, missing)
             self.study.tell(trial, state=optuna.trial.TrialState.FAIL)
             return False
         self.study.tell(trial, state=optuna.trial.TrialState.FAIL)

@@ -76,16 +76,17 @@ class Parameters:
         return params
 
     def one(self, name: str, spec: Any) -> Param:
+        """A parameter of the table, or with ``model:`` one of the user's model's own, whose kind comes from how
+        it is declared (numbers in a range are whole when low, high and step are; choices are plain values)."""
         key = f"parameters.{name}"
         if self.own_model and name in BUILT_IN_ONLY:
             self.c.fail(key, f"{name} chooses a built-in model; with model: set, your function builds the model "
                              "(remove this parameter)")
-        if name not in BY_NAME and self.own_model:
-            return self.own(key, name, spec)
-        if name not in BY_NAME:
+        if name not in BY_NAME and not self.own_model:
             self.c.fail(key, f"unknown parameter; known: {', '.join(BY_NAME)} (or set model: to tune your own "
                              "model with its own parameters)")
-        h = BY_NAME[name]
+        if name not in BY_NAME and not name.isidentifier():
+            self.c.fail(key, "a parameter name must be letters, digits and _ (your function reads params[name])")
         if not isinstance(spec, dict):
             spec = {"value": spec}
         self.c.unknown_keys(key, spec, PARAM_KEYS)
@@ -95,7 +96,7 @@ class Parameters:
             self.c.fail(key, "a range needs both low and high")
         if len(kinds) != 1:
             self.c.fail(key, "give exactly one of value (fixed), values (a choice list) or low/high (a range)")
-        if h.kind == WEIGHTS_KIND:
+        if name in BY_NAME and BY_NAME[name].kind == WEIGHTS_KIND:
             spec = self.weights(key, spec)
         if "value" in spec:
             self.check_value(key, name, spec["value"])
@@ -103,43 +104,6 @@ class Parameters:
         if "values" in spec:
             return Param(name, values=self._choices(key, name, spec["values"]), when=when)
         return self._range(key, name, spec, when)
-
-    def own(self, key: str, name: str, spec: Any) -> Param:
-        """A parameter of the user's model: its kind comes from how it is declared (numbers in a range are
-        whole when low, high and step are; choices are plain values)."""
-        if not name.isidentifier():
-            self.c.fail(key, "a parameter name must be letters, digits and _ (your function reads params[name])")
-        if not isinstance(spec, dict):
-            spec = {"value": spec}
-        self.c.unknown_keys(key, spec, PARAM_KEYS)
-        when = self._when(key, spec.get("when"))
-        kinds = [k for k in ("value", "values", "low") if k in spec]
-        if "high" in spec and "low" not in spec or "low" in spec and "high" not in spec:
-            self.c.fail(key, "a range needs both low and high")
-        if len(kinds) != 1:
-            self.c.fail(key, "give exactly one of value (fixed), values (a choice list) or low/high (a range)")
-        if "value" in spec:
-            return Param(name, value=_plain(self.c, key, spec["value"]), when=when)
-        if "values" in spec:
-            values = spec["values"]
-            if not isinstance(values, list) or not values:
-                self.c.fail(f"{key}.values", "the choice list is empty; list at least one value")
-            if len(set(map(repr, values))) != len(values):
-                self.c.fail(f"{key}.values", f"lists a value twice: {values}")
-            return Param(name, values=[_plain(self.c, f"{key}.values", v) for v in values], when=when)
-        low, high, step, log = spec["low"], spec["high"], spec.get("step"), spec.get("log", False)
-        for bound, val in (("low", low), ("high", high)):
-            self.c.number(f"{key}.{bound}", val)
-        self.c.flag(f"{key}.log", log)
-        if low > high:
-            self.c.fail(key, f"low ({low}) > high ({high}); make low <= high")
-        if log and low <= 0:
-            self.c.fail(key, f"log scale needs low > 0, got {low}; raise low (e.g. 1e-6)")
-        if step is not None:
-            self.c.number(f"{key}.step", step, low=0, low_ok=False)
-            if log:
-                self.c.fail(f"{key}.step", "step and log cannot be combined; drop one")
-        return Param(name, low=low, high=high, log=log, step=step, when=when)
 
     def configurations(self, key: str, raw: Any, params: dict[str, Param]) -> list[dict[str, Any]]:
         """Configurations to try (``seed_trials``, ``sweeps enqueue``): each value inside its parameter's space."""
@@ -172,10 +136,10 @@ class Parameters:
         return list(values)
 
     def _range(self, key: str, name: str, spec: dict[str, Any], when: dict[str, list[Any]]) -> Param:
-        h = BY_NAME[name]
-        if h.kind == CHOICE:
+        h = BY_NAME.get(name)          # None: the user's model's own parameter
+        if h is not None and h.kind == CHOICE:
             self.c.fail(key, f"{name} is categorical: use values: [{', '.join(h.choices)}]")
-        if h.kind == BOOL:
+        if h is not None and h.kind == BOOL:
             self.c.fail(key, f"{name} is true or false: use values: [true, false] or value: true")
         if "high" not in spec:
             self.c.fail(key, "a range needs both low and high")
@@ -194,7 +158,7 @@ class Parameters:
             self.c.number(f"{key}.step", step, low=0, low_ok=False)
             if log:
                 self.c.fail(f"{key}.step", "step and log cannot be combined; drop one")
-        if h.kind == INT and not all(isinstance(x, int) for x in (low, high, step or 1)):
+        if h is not None and h.kind == INT and not all(isinstance(x, int) for x in (low, high, step or 1)):
             self.c.fail(key, f"{name} takes whole numbers; give whole low, high and step")
         return Param(name, low=low, high=high, log=log, step=step, when=when)
 
@@ -235,6 +199,11 @@ class Parameters:
         return {str(k): (list(v) if isinstance(v, list) else [v]) for k, v in raw.items()}
 
     def check_value(self, key: str, name: str, value: Any) -> None:
+        """A value of the table's parameter ``name``; of a user's own parameter, any plain value."""
+        if name not in BY_NAME:
+            if value is not None and not isinstance(value, (bool, int, float, str)):
+                self.c.fail(key, f"must be a number, a string, true/false or null, got {value!r}")
+            return
         problem = value_error(BY_NAME[name], value)
         if problem:
             self.c.fail(key, problem)
@@ -287,13 +256,6 @@ def fits(p: Param, value: Any) -> str | None:
     if not p.low <= value <= p.high:
         return f"{p.name} must lie in [{p.low}, {p.high}], got {value!r}"
     return None
-
-
-def _plain(c: Checks, key: str, value: Any) -> Any:
-    """A value Optuna can store as a choice: a number, a string, true / false or null."""
-    if value is not None and not isinstance(value, (bool, int, float, str)):
-        c.fail(key, f"must be a number, a string, true/false or null, got {value!r}")
-    return value
 
 
 def value_error(h: Hyperparameter, value: Any) -> str | None:

@@ -40,10 +40,9 @@ def fork_sweep(old: str, new: str, space_path: str, storage_url: str | None = No
     warmstart.check_fork(old_study, schema.load_config(old_study), config)
     config, arrays, notices = _checked(config, storage_url)
     study = _create(config, storage_url, arrays)
-    copied = warmstart.copy_trials(old_study, study, config)
+    copied, finished = warmstart.copy_trials(old_study, study, config)
     study.set_user_attr(warmstart.FORK_ATTR, {"study": old, "trials": copied})
-    return {"study": new, "forked_from": old, "copied": copied,
-            "of": len(old_study.get_trials(deepcopy=False, states=warmstart.FINISHED)), "notices": notices}
+    return {"study": new, "forked_from": old, "copied": copied, "of": finished, "notices": notices}
 
 
 def _checked(config: SweepConfig, storage_url: str | None) -> tuple[SweepConfig, datasets.Arrays, list[str]]:

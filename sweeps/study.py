@@ -139,9 +139,14 @@ def config_id(number: int, user_attrs: dict[str, Any]) -> int:
 def best_trial(study: optuna.Study) -> optuna.trial.FrozenTrial | None:
     """The complete trial that meets every constraint with the best metric (the first objective), or None.
 
-    With several objectives it lies on the Pareto front: no trial beats it
-    on the first objective. ``pareto_front`` lists the others.
+    One objective: Optuna's own (one query, feasibility included). Several:
+    no trial beats it on the first objective; ``pareto_front`` lists the others.
     """
+    if len(study.directions) == 1:
+        try:
+            return study.best_trial
+        except ValueError:
+            return None
     trials = [t for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
               if t.values and feasible(t)]
     if not trials:

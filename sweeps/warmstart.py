@@ -61,7 +61,8 @@ def enqueue(name: str, storage_url: str | None, path: str) -> dict[str, Any]:
 def fit(config: SweepConfig, trial: optuna.trial.FrozenTrial) -> dict[str, Any] | None:
     """The trial's searched values in the new space, or None when its configuration lies outside it (a value
     out of range, a fixed value that differs, or a parameter the new space leaves at another default)."""
-    full = {**DEFAULTS, **schema.full_params(trial)}
+    own = schema.full_params(trial)
+    full = {**DEFAULTS, **own}
     chosen: dict[str, Any] = {}
     for p in space.ordered(config.parameters):
         if not space.active(p, chosen):
@@ -69,23 +70,24 @@ def fit(config: SweepConfig, trial: optuna.trial.FrozenTrial) -> dict[str, Any] 
         if p.name not in full or fits(p, full[p.name]) is not None:
             return None
         chosen[p.name] = full[p.name]
-    for name, value in schema.full_params(trial).items():     # what the new space would not set
+    for name, value in own.items():     # what the new space would not set
         if name not in config.parameters and (name not in DEFAULTS or DEFAULTS[name] != value):
             return None
     return {k: v for k, v in chosen.items() if not config.parameters[k].fixed}
 
 
-def copy_trials(old: optuna.Study, new: optuna.Study, config: SweepConfig) -> int:
-    """Add the old study's finished trials that fit the new space to ``new``; returns how many."""
+def copy_trials(old: optuna.Study, new: optuna.Study, config: SweepConfig) -> tuple[int, int]:
+    """Add the old study's finished trials that fit the new space to ``new``; returns (copied, finished)."""
     distributions = {name: space.distribution(p) for name, p in config.parameters.items() if not p.fixed}
     fixed = {name: p.value for name, p in config.parameters.items() if p.fixed}
     copied = 0
-    for t in old.get_trials(deepcopy=False, states=FINISHED):
+    finished = old.get_trials(deepcopy=False, states=FINISHED)
+    for t in finished:
         params = fit(config, t)
         if params is None:
             continue
-        attrs = {k: v for k, v in t.user_attrs.items() if k in (*schema.METRIC_KEYS, *schema.SCALAR_METRICS,
-                                                                   schema.SEED, schema.EPOCHS_RUN, schema.REASON)}
+        attrs = {k: v for k, v in t.user_attrs.items() if k in (*schema.METRIC_KEYS, schema.SEED, schema.EPOCHS_RUN,
+                                                                   schema.REASON)}
         attrs[FORKED_FROM] = {"study": old.study_name, "trial": t.number}
         if fixed:
             attrs[schema.FIXED_PARAMS] = fixed
@@ -95,7 +97,7 @@ def copy_trials(old: optuna.Study, new: optuna.Study, config: SweepConfig) -> in
             state=t.state, values=t.values, params=params, user_attrs=attrs, system_attrs=limits,
             distributions={k: distributions[k] for k in params}, intermediate_values=dict(t.intermediate_values)))
         copied += 1
-    return copied
+    return copied, len(finished)
 
 
 def check_fork(old: optuna.Study, old_config: SweepConfig, config: SweepConfig) -> None:

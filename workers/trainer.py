@@ -1,12 +1,14 @@
-"""train_trial(spec, data, reporter) -> result: plain Keras ``model.fit`` and one callback.
+"""train_trial(spec, data, reporter) -> result: plain Keras ``model.fit`` and two callbacks.
 
 Three stages: inputs (the model, and the pipeline from ``workers/data.py``),
 fit phases (transfer learning trains frozen, then fine-tunes; a retry resumes
-from its checkpoint), and measurement of the best epoch's weights. The
-callback reports the metric after every epoch and stops training when the
-coordinator answers PRUNE; it adds one small message per epoch, nothing per
-batch. A NaN or infinite loss stops the trial as "diverged". Which epoch is
-best follows ``spec.maximize``, decided once in the sweep's config.
+from its checkpoint), and measurement of the best epoch's weights. Each epoch
+the first callback validates (BatchNorm statistics re-estimated first, so the
+value is the weights' from epoch 1: ``workers/precise_bn.py``) and the last
+reports the metric and stops training when the coordinator answers PRUNE; one
+small message per epoch, nothing per batch. A NaN or infinite loss stops the
+trial as "diverged". Which epoch is best follows ``spec.maximize``, decided
+once in the sweep's config.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from workers import augment, metrics, models, usermodel
+from workers import augment, metrics, models, precise_bn, usermodel
 from workers import checkpoint as ckpt
 from workers.data import Arrays, TrainingInputs, training_inputs
 from workers.spec import SIZES, Bound, Decision, EpochReport, Reporter, TrialResult, TrialSpec, TrialState, better
@@ -94,7 +96,7 @@ def _report_callback(spec: TrialSpec, reporter: Reporter) -> Any:
                 self._lap()
 
         def _epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
-            logs = {k: float(v) for k, v in (logs or {}).items()}
+            logs = {k: v if isinstance(v, int) else float(v) for k, v in (logs or {}).items()}   # counts stay int
             self.epochs_run = epoch + 1
             loss = logs.get("loss", math.nan)
             if not math.isfinite(loss):
@@ -234,9 +236,8 @@ def _train_split(spec: TrialSpec, data: Arrays, reporter: Reporter) -> tuple[Tri
             f"{b.measure} {size[b.measure]:,} breaks {_bound_text(b)}" for b in broken), dict(size)), None
     inputs = training_inputs(data, params, spec.seed)
     callback = _report_callback(spec, reporter)
-    before = [_macro_f1_callback(data)] if spec.metric == "macro_f1" else []
     started = time.perf_counter()
-    start = _fit(spec, model, inputs, callback, before)
+    start = _fit(spec, model, inputs, callback, _validation_callback(spec, data, inputs))
     return _measure(spec, model, data, callback, start, time.perf_counter() - started, size)
 
 
@@ -244,22 +245,40 @@ def _bound_text(b: Bound) -> str:
     return " and ".join(f"{side} {v:,g}" for side, v in (("min", b.low), ("max", b.high)) if v is not None)
 
 
-def _macro_f1_callback(data: Arrays) -> Any:
-    """Puts ``macro_f1`` of the validation images into each epoch's logs, before any callback reads them."""
+def _validation_callback(spec: TrialSpec, data: Arrays, inputs: TrainingInputs) -> Any:
+    """Each epoch's validation, run before every other callback: BatchNorm statistics re-estimated on training
+    images (``precise_bn``), then one predict of the validation images puts ``val_accuracy``, ``val_loss``
+    (the compiled loss plus regularisation, as Keras's), ``macro_f1`` and ``val_classes_predicted`` into the
+    epoch's logs, which the plateau schedule and the report read. Keras's own validation runs inside ``fit``
+    before any callback, too early to re-estimate."""
     import keras
 
-    class MacroF1(keras.callbacks.Callback):
+    batch_size, (x_val, targets) = spec.params["batch_size"], inputs.validation
+    chosen = data.x_train[precise_bn.sample(len(data.x_train), batch_size, spec.seed)]
+    loss = _loss(inputs.one_hot, spec.params["label_smoothing"])
+
+    class EpochValidation(keras.callbacks.Callback):
+        def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
+            self.recalibrate = precise_bn.Recalibrator(self.model, batch_size)   # per phase: the layers that train
+
         def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
-            if logs is not None:
-                predicted = np.argmax(self.model.predict(data.x_val, batch_size=256, verbose=0), axis=1)
-                logs["macro_f1"] = metrics.classification(data.y_val, predicted, data.n_classes)["macro_f1"]
+            if logs is None:
+                return
+            self.recalibrate(chosen)
+            probabilities = self.model.predict(x_val, batch_size=256, verbose=0)
+            predicted = np.argmax(probabilities, axis=1)
+            found = metrics.classification(data.y_val, predicted, data.n_classes)
+            penalty = sum(float(keras.ops.convert_to_numpy(term)) for term in self.model.losses)
+            logs.update(val_loss=float(keras.ops.convert_to_numpy(loss(targets, probabilities))) + penalty,
+                        val_accuracy=found["accuracy"], macro_f1=found["macro_f1"],
+                        val_classes_predicted=int(np.unique(predicted).size))
 
-    return MacroF1()
+    return EpochValidation()
 
 
-def _fit(spec: TrialSpec, model: Any, inputs: TrainingInputs, callback: Any, before: list[Any]) -> int:
-    """The fit phases from the checkpoint's epoch (0 without one); returns that epoch. ``before``: callbacks
-    that run before all others each epoch."""
+def _fit(spec: TrialSpec, model: Any, inputs: TrainingInputs, callback: Any, validation: Any) -> int:
+    """The fit phases from the checkpoint's epoch (0 without one); returns that epoch. ``validation`` runs
+    before all other callbacks each epoch."""
     import keras
 
     params = spec.params
@@ -279,12 +298,12 @@ def _fit(spec: TrialSpec, model: Any, inputs: TrainingInputs, callback: Any, bef
                       steps_per_execution=spec.steps_per_execution)
         if spec.checkpoint and start >= first:        # the optimizer state only within the phase that saved it
             _resume(model, spec.checkpoint, callback, optimizer=start > first)
-        callbacks = [*before, callback]
+        callbacks = [validation, callback]
         if params["lr_schedule"] == "plateau":     # before the report callback's stop decisions matter
-            callbacks.insert(len(before), keras.callbacks.ReduceLROnPlateau(monitor=spec.metric, factor=0.5, patience=2,
+            callbacks.insert(1, keras.callbacks.ReduceLROnPlateau(monitor=spec.metric, factor=0.5, patience=2,
                                                                   mode="max" if spec.maximize else "min", verbose=0))
         model.fit(inputs.train, epochs=last, initial_epoch=max(first, start), class_weight=inputs.class_weight,
-                  validation_data=inputs.validation, callbacks=callbacks, verbose=0, shuffle=False)
+                  callbacks=callbacks, verbose=0, shuffle=False)
         if callback.stopped:
             break
     return start

@@ -15,6 +15,7 @@ from sweeps import space
 from sweeps.config import SweepConfig
 from sweeps.errors import SweepsError
 from sweeps.objectives import first_objective
+from sweeps.rungs import RungPruner, fixed_rungs
 
 
 class _AskTellGridSampler(optuna.samplers.GridSampler):
@@ -85,9 +86,19 @@ def pruner(config: SweepConfig) -> optuna.pruners.BasePruner:
         opts.setdefault("n_startup_trials", 2)
         opts.setdefault("n_warmup_steps", 1)
         return optuna.pruners.MedianPruner(**opts)
-    if name in ("successive_halving", "asha"):
+    opts.pop("audit", None)         # the coordinator's: trials run on past a "prune"
+    pause = opts.pop("pause", None)  # the coordinator's: a "prune" at a rung pauses the trial
+    del pause
+    if name == "successive_halving":
         opts.setdefault("min_resource", 1)
         return optuna.pruners.SuccessiveHalvingPruner(**opts)
+    if name == "asha":
+        eta = int(opts.get("reduction_factor", 3))
+        return RungPruner(config.steps, eta, rungs=fixed_rungs(int(opts.get("min_resource", 1)), eta, config.steps,
+                                                                int(opts.get("min_early_stopping_rate", 0))))
+    if name == "auto":
+        return RungPruner(config.steps, int(opts.get("reduction_factor", 3)), threshold=float(opts.get("threshold", 0.8)),
+                          min_trials=int(opts.get("min_trials", 5)))
     if name == "hyperband":
         opts.setdefault("max_resource", config.steps)
         return optuna.pruners.HyperbandPruner(**opts)

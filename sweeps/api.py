@@ -35,7 +35,13 @@ class Sweep:
 
     @property
     def best_trial(self) -> optuna.trial.FrozenTrial | None:
+        """The trial handed over: the finalists' winner once they ran, else the best complete trial."""
         return schema.best_trial(self.study)
+
+    @property
+    def finalists(self) -> list[dict[str, Any]]:
+        """The finalists, best mean first: {config, trial (handed over), values, mean, std, trials}."""
+        return schema.standings(self.study.get_trials(deepcopy=False), schema.maximize(self.study))
 
     @property
     def best_value(self) -> float | None:

@@ -23,6 +23,7 @@ class Budget:
         self.config = config
         self.progress = progress
         self.failed_out = False           # stopped by budget.max_failed_trials
+        self.reserve = 0.0                # seconds of the timeout kept for the finalists (finalists.reserve_seconds)
 
     @staticmethod
     def trials(config: SweepConfig) -> int:
@@ -38,7 +39,19 @@ class Budget:
         return False
 
     def may_launch(self, tally: Tally) -> bool:
-        """Room for one more trial: no stop asked for, no time, GPU or failure budget spent, configurations left."""
+        """Room for one more trial: no stop asked for, no time, GPU or failure budget spent, configurations left
+        (a new one only while the time left exceeds what the finalists need: ``reserve`` seconds)."""
+        if not self.open(tally):
+            return False
+        p, timeout = self.progress, self.config.timeout
+        if tally.waiting > 0:
+            return True
+        if timeout is not None and self.reserve and p.elapsed >= timeout - self.reserve:
+            return False
+        return tally.finished + tally.running < p.n_trials
+
+    def open(self, tally: Tally) -> bool:
+        """No stop asked for, and no time, GPU or failure budget spent."""
         p, timeout = self.progress, self.config.timeout
         if p.stopping:
             return False
@@ -51,7 +64,7 @@ class Budget:
         if p.gpu_budget is not None and p.gpu_hours is not None and p.gpu_hours >= p.gpu_budget:
             return self._stop(f"GPU-hour budget of {p.gpu_budget:g} reached ({p.gpu_hours:.4f} spent); "
                               "letting running trials finish")
-        return tally.waiting > 0 or tally.finished + tally.running + tally.waiting < p.n_trials
+        return True
 
     def met(self, tally: Tally) -> bool:
         """Nothing is left to run anywhere (the caller has nothing running itself)."""
@@ -75,4 +88,4 @@ class Budget:
 
     def slots(self, tally: Tally) -> int:
         """Trial slots worth starting: ``parallel``, or fewer when fewer configurations are left."""
-        return max(1, min(self.config.parallel, self.progress.n_trials - tally.finished))
+        return max(1, min(self.config.parallel, max(self.progress.n_trials - tally.finished, tally.waiting)))

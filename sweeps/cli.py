@@ -70,7 +70,7 @@ def _fmt(v: Any) -> str:
 
 
 def _status(args: argparse.Namespace) -> int:
-    from sweeps.summary import status
+    from sweeps.summary import search_lines, status
 
     s = status(args.study, args.storage)
     if args.json:
@@ -95,6 +95,8 @@ def _status(args: argparse.Namespace) -> int:
     if errors["count"]:
         console.print(f"WARNING: {errors['count']} checkpoint write(s) to {s['checkpoint_store']} failed (last: "
                       f"{errors['last']}); retries of those trials start from an earlier epoch", markup=False)
+    for line in search_lines(s["search"]):
+        console.print(line, markup=False)
     if s["best"]:
         b = s["best"]
         console.print(f"best: {b['value']:.4f} (trial {b['number']}) "
@@ -131,7 +133,7 @@ def _pareto(args: argparse.Namespace) -> int:
 
 
 def _best(args: argparse.Namespace) -> int:
-    from sweeps.summary import best
+    from sweeps.summary import best, search_lines
 
     if args.pareto:
         return _pareto(args)
@@ -150,6 +152,8 @@ def _best(args: argparse.Namespace) -> int:
         print(f"  {k}: {_fmt(v)}")
     for k, v in b["metrics"].items():
         print(f"  {k} = {_fmt(v)}")
+    for line in search_lines(b["search"]):
+        print(line)
     if "test" in b:
         t = b["test"]
         print(f"held-out test split ({t['n_test']} images, model from {t['source']}): accuracy {t['accuracy']:.4f}, "

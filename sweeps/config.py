@@ -81,6 +81,8 @@ class SweepConfig:
     model: ModelBuilder | None = None     # the user's model builder; None: the built-in architectures
     tensorboard: str | bool | None = None  # a log folder, false (off), or None: beside a checkpoint folder
     seed_trials: tuple[dict[str, Any], ...] = ()   # configurations to try first (enqueued when the study is made)
+    finalists: int = 3                    # top configurations retrained after the search (0: none)
+    finalist_seeds: int = 2               # more seeds each finalist is trained with
 
     def to_dict(self) -> dict[str, Any]:
         """The resolved config, in the YAML's own shape (JSON-safe)."""
@@ -92,6 +94,7 @@ class SweepConfig:
             **({"model": builder.to_dict(self.model)} if self.model else {}),
             **({"tensorboard": self.tensorboard} if self.tensorboard is not None else {}),
             **({"seed_trials": [dict(t) for t in self.seed_trials]} if self.seed_trials else {}),
+            "finalists": {"count": self.finalists, "seeds": self.finalist_seeds},
             "dataset": self.dataset.to_dict(),
             "epochs": self.epochs,
             "seed": self.seed,

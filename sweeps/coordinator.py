@@ -1,12 +1,11 @@
 """ask -> dispatch -> relay reports and prune decisions -> tell: a short loop of named steps.
 
-The coordinator is the only process that talks to the study storage. It asks
-Optuna for a trial, hands its spec to a dispatcher (Ray actors, or threads in
-tests), turns each per-epoch report into ``trial.report`` + ``should_prune``
-and answers the worker, and tells Optuna how the trial ended. Every database
-call goes through ``_db`` (retried while the database is away); running
-trials have heartbeats; lost trials of other coordinators are failed and
-queued again; failed trials are retried from their last checkpoint.
+The only process that talks to the study storage: it asks Optuna for a
+trial (or continues a paused one), hands its spec to a dispatcher (Ray
+actors, or threads in tests), answers each epoch's report (pruning.py) and
+tells Optuna how the trial ended; then the finalists. Database calls go
+through ``_db`` (retried while the database is away); lost trials of other
+coordinators are failed and queued again; failures retry from checkpoints.
 """
 
 from __future__ import annotations
@@ -24,7 +23,7 @@ from typing import Any
 
 import optuna
 
-from sweeps import board, recovery, space
+from sweeps import board, finalists, recovery, space
 from sweeps import storage as db
 from sweeps import study as schema
 from sweeps.artifacts import artifact_store
@@ -33,9 +32,9 @@ from sweeps.checkpoints import Checkpoints, CheckpointStore
 from sweeps.config import SweepConfig
 from sweeps.dispatch import Dispatcher
 from sweeps.errors import EXIT_CODES, SweepFailed, SweepsError
-from sweeps.objectives import first_objective
 from sweeps.outcome import Outcomes
 from sweeps.progress import Progress, ProgressCallback
+from sweeps.pruning import Pruning
 from workers import data as datasets
 from workers.checkpoint import read_meta
 from workers.spec import Decision, EpochReport, Failure, TrialResult, TrialSpec, TrialState
@@ -80,8 +79,11 @@ class Coordinator:
         self.last_beat = 0.0
         self.last_count = 0.0
         self.deferred: list[Callable[[], None]] = []   # finished trials' clean-up, after the next launch
-        self.notices: list[str] = []                   # said when the trials start
+        skipped = arrays.skipped                       # notices: said when the trials start
+        self.notices = [f"skipped {len(skipped)} unreadable image(s): " + ", ".join(skipped[:3])
+                        + (" ..." if len(skipped) > 3 else "")] if skipped else []
         self.board = board.for_study(config, key, self._note)     # TensorBoard logs, or nothing
+        self.pruning = Pruning(study, config, can_pause=self.checkpoints is not None, say=self._note)
         if self.board.logdir:
             self.notices.append(f"TensorBoard: tensorboard --logdir {self.board.logdir}")
 
@@ -93,7 +95,8 @@ class Coordinator:
         if not self.budget.met(tally):         # else no Ray is started: nothing is left to run
             self._run_trials(tally)
             self._count()
-        summary = self.summary()
+        best = self._db(lambda: schema.best_trial(self.study)) or self.best    # the finalists' winner, once they ran
+        summary = self.progress.summary(best, [name for name, _ in self.config.all_objectives])
         if self.interrupts:
             return {**summary, "interrupted": True, "signal": self.stop_signal}
         problem = self.budget.failed_sweep(self._db(lambda: self.study.get_trials(deepcopy=False)))
@@ -109,7 +112,6 @@ class Coordinator:
             self.dispatcher.start(slots, datasets.reference(self.config.dataset.to_dict(), self.config.seed,
                                                             self.arrays))
             handlers = self._take_signals()     # after Ray's start: ray.init sets a SIGTERM handler of its own
-            self._say_skipped()
             for line in self.notices:
                 self._say(line)
             self._say(f"starting {slots} worker(s)")
@@ -131,7 +133,7 @@ class Coordinator:
         self._fill_idle_slots()
         self._run_deferred()
         if not self.trials and self.budget.met(self._count()):
-            return False
+            return not self.progress.stopping and self._db(self._queue_finalists) > 0
         reports, results = self.dispatcher.poll(self.POLL_SECONDS)
         self._relay_reports(reports)
         self._collect_results(results)
@@ -164,12 +166,6 @@ class Coordinator:
     def _note(self, line: str) -> None:
         """A line for the display's next update (no update of its own)."""
         self.progress.last = line
-
-    def _say_skipped(self) -> None:
-        skipped = self.arrays.skipped
-        if skipped:
-            shown = ", ".join(skipped[:3]) + (" ..." if len(skipped) > 3 else "")
-            self._say(f"skipped {len(skipped)} unreadable image(s): {shown}")
 
     # -- the named steps ----------------------------------------------------------------------
     def _fill_idle_slots(self) -> None:
@@ -234,8 +230,7 @@ class Coordinator:
         return db.with_retry(fn, timeout=self.config.database_timeout, on_wait=self._say, stop=self._stop_now)
 
     def _stop_now(self) -> tuple[str, int] | None:
-        """Asked while the database is away: what stopped the sweep (any Ctrl-C: with no database, running trials
-        cannot finish and be recorded anyway; SIGTERM, SIGHUP) and its exit code; None while nothing has."""
+        """While the database is away: the signal that stopped the sweep (any Ctrl-C, SIGTERM, SIGHUP), its exit code."""
         return (self.stop_signal, EXIT_CODES[self.stop_signal]) if self.interrupts else None
 
     def _refresh(self) -> None:
@@ -248,6 +243,7 @@ class Coordinator:
         self.last_count = time.monotonic()
         trials = self._db(lambda: self.study.get_trials(deepcopy=False))
         tally, best, seconds = self.counter.update(trials)
+        self.budget.reserve = finalists.reserve_seconds(self.config, self.counter.durations)
         if self.config.gpu_hours is not None:
             p.gpu_hours = seconds * self.config.gpus / 3600.0
         p.complete, p.pruned, p.failed = tally.complete, tally.pruned, tally.failed
@@ -282,11 +278,23 @@ class Coordinator:
             return recovery.fail_stale(self.study, self.storage, stale, grace_period=self.config.grace_period,
                                        max_retries=self.config.max_retries, skip=set(self.trials))
 
+    def _queue_finalists(self) -> int:
+        """Once the search is over: the finalists' runs queued (once per study, by whichever coordinator is first)."""
+        with db.launch_lock(self.storage, self.study._study_id):
+            queued = finalists.enqueue(self.study, self.config, self.study.get_trials(deepcopy=False))
+        if queued:
+            self._say(f"search done: the top {self.config.finalists} configurations train again, "
+                      f"{self.config.finalist_seeds} more seed(s) each ({queued} runs)")
+        return queued
+
     # -- one trial: launch, relay, tell -------------------------------------------------------
     def _launch(self) -> TrialSpec | None:
         """Under the study's launch lock: count, and ask only if the shared budget has room."""
         with db.launch_lock(self.storage, self.study._study_id):
-            if not self.budget.may_launch(self._count()):
+            tally = self._count()
+            if self.budget.open(tally) and self.pruning.promote() is not None:     # promotions go first
+                tally = self._count()
+            if not self.budget.may_launch(tally):
                 return None
             trial = self.study.ask()
             self.storage.record_heartbeat(trial._trial_id)
@@ -302,7 +310,8 @@ class Coordinator:
         if fixed:
             new_attrs[schema.FIXED_PARAMS] = fixed
         checkpoint = None
-        if schema.RETRY_OF in attrs and self.checkpoints is not None and not self.config.dataset.folds:
+        if ({schema.RETRY_OF, schema.CONTINUES} & attrs.keys() and self.checkpoints is not None
+                and not self.config.dataset.folds):
             checkpoint, note, say = self.checkpoints.resume_point(config_id)     # cross-validation starts over
             if note:                   # kept in the reason whatever the trial's own turns out to be
                 new_attrs[schema.REASON] = new_attrs[schema.CHECKPOINT_NOTE] = attrs[schema.CHECKPOINT_NOTE] = note
@@ -336,10 +345,7 @@ class Coordinator:
         self.board.epoch(report)
         if report.epoch >= self.config.steps:  # fully trained: keep it as a complete trial
             return Decision.CONTINUE
-        return Decision.PRUNE if self._db(lambda: self._should_prune(trial)) else Decision.CONTINUE
-
-    def _should_prune(self, trial: optuna.Trial) -> bool:
-        return self.study.pruner.prune(first_objective(self.study), self.study._storage.get_trial(trial._trial_id))
+        return self._db(lambda: self.pruning.decide(trial, self.attrs[report.number], report))
 
     def _save_checkpoint(self, report: EpochReport) -> None:
         """After the worker has its answer, so it trains on while the checkpoint is written."""
@@ -364,20 +370,24 @@ class Coordinator:
         self.stalls.forget(number)
         trial = self.trials.pop(number)
         attrs = self.attrs.pop(number)
+        result = self.pruning.told(result, attrs)
         self.board.end(result)
         try:
             retried = self._db(lambda: self.outcomes.store(trial, attrs, result, fault))
         except optuna.exceptions.UpdateFinishedTrialError:
             self._say(f"trial {number} was taken for lost by another coordinator; its retry continues it")
             return
-        after = lambda: self._after_tell(result, schema.config_id(number, attrs), retried)   # noqa: E731
+        kept = retried or schema.PAUSED_AT in attrs
+        after = lambda: self._after_tell(result, schema.config_id(number, attrs), kept)   # noqa: E731
         if defer:
             self.deferred.append(after)
         else:
             after()
 
-    def _after_tell(self, result: TrialResult, config_id: int, retried: bool) -> None:
-        if self.checkpoints is not None and not retried:
+    def _after_tell(self, result: TrialResult, config_id: int, kept: bool) -> None:
+        """``kept``: the configuration goes on (a retry, or a paused trial's continuation): its checkpoint stays."""
+        self._db(self.pruning.store_plan) if result.state == TrialState.COMPLETE else None
+        if self.checkpoints is not None and not kept:
             if result.state == TrialState.COMPLETE:   # as the counts read them: this one, and any since
                 self.checkpoints.retention.rank({schema.config_id(t.number, t.user_attrs): t.values[0]
                                                  for t in self.counter.take_completed()})
@@ -386,15 +396,5 @@ class Coordinator:
         self._refresh()
         shown = f"{result.value:.4f}" if result.state == TrialState.COMPLETE and result.value is not None else (
             result.reason or result.state.value)
-        self._say(f"trial {result.number} {result.state.value}: {shown}" + (" (queued again)" if retried else ""))
-
-    def summary(self) -> dict[str, Any]:
-        p, best = self.progress, self.best
-        return {
-            "study": p.study, "n_trials": p.n_trials, "complete": p.complete, "pruned": p.pruned,
-            "failed": p.failed, "retried": p.retried, "best_value": p.best_value, "best_trial": p.best_number,
-            "best_params": schema.full_params(best) if best is not None else None,     # searched and fixed
-            "elapsed_seconds": round(p.elapsed, 1), "budget_met": p.finished >= p.n_trials,
-            "gpu_hours": p.gpu_hours, "gpu_hours_budget": p.gpu_budget,
-            "stopped_by": p.stop_reason or None, "objectives": [name for name, _ in self.config.all_objectives],
-        }
+        self._say(f"trial {result.number} {result.state.value}: {shown}" + (" (queued again)" if result.failure and kept
+                                                                             else ""))

@@ -35,6 +35,21 @@ class Progress:
     def finished(self) -> int:
         return self.complete + self.pruned + self.failed
 
+    def summary(self, best: Any, objectives: list[str]) -> dict[str, Any]:
+        """What `sweeps run` prints at the end; ``best``: the trial handed over (a FrozenTrial) or None."""
+        from sweeps.study import first_value, full_params
+
+        return {
+            "study": self.study, "n_trials": self.n_trials, "complete": self.complete, "pruned": self.pruned,
+            "failed": self.failed, "retried": self.retried,
+            "best_value": first_value(best) if best is not None else self.best_value,
+            "best_trial": best.number if best is not None else self.best_number,
+            "best_params": full_params(best) if best is not None else None,     # searched and fixed
+            "elapsed_seconds": round(self.elapsed, 1), "budget_met": self.finished >= self.n_trials,
+            "gpu_hours": self.gpu_hours, "gpu_hours_budget": self.gpu_budget,
+            "stopped_by": self.stop_reason or None, "objectives": objectives,
+        }
+
     @property
     def elapsed(self) -> float:
         return time.monotonic() - self.started

@@ -19,7 +19,20 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from sweeps.study import ATTEMPT, CONFIG_ID, FAILURE, FAULTS, FORKED_FROM, REASON, RETRY_OF, config_id, feasible, first_value
+from sweeps.study import (
+    ATTEMPT,
+    CONFIG_ID,
+    CONTINUES,
+    FAILURE,
+    FAULTS,
+    FINALIST_OF,
+    FORKED_FROM,
+    REASON,
+    RETRY_OF,
+    config_id,
+    feasible,
+    first_value,
+)
 from workers.spec import Failure, better
 
 
@@ -33,6 +46,7 @@ class Tally:
     running: int = 0
     waiting: int = 0       # retries queued, not started yet
     retried: int = 0       # failures replaced by a retry
+    continued: int = 0     # paused trials continued by a promotion (their continuation counts instead)
 
     @property
     def finished(self) -> int:
@@ -45,7 +59,8 @@ def retry_attrs(number: int, user_attrs: dict[str, Any], *, fault: bool, max_ret
     if faults > max_retries:
         return None
     return {RETRY_OF: number, CONFIG_ID: config_id(number, user_attrs),
-            ATTEMPT: int(user_attrs.get(ATTEMPT, 1)) + 1, FAULTS: faults}
+            ATTEMPT: int(user_attrs.get(ATTEMPT, 1)) + 1, FAULTS: faults,
+            **({FINALIST_OF: user_attrs[FINALIST_OF]} if FINALIST_OF in user_attrs else {})}
 
 
 def enqueue_retry(study: optuna.Study, number: int, params: dict[str, Any], user_attrs: dict[str, Any], *,
@@ -146,6 +161,12 @@ class StallWatch:
                 if now - last > limit + (self.FIRST_REPORT if number in self.silent else 0.0)]
 
 
+def _seconds(t: FrozenTrial) -> float:
+    if t.datetime_start is None or t.datetime_complete is None:
+        return 0.0
+    return max(0.0, (t.datetime_complete - t.datetime_start).total_seconds())
+
+
 class Counter:
     """The ``Tally`` of a study's configurations, its best complete trial and its trials' seconds, reading each
     finished trial once.
@@ -166,6 +187,9 @@ class Counter:
         self.best: FrozenTrial | None = None   # the best settled COMPLETE trial
         self.seconds = 0.0                     # settled trials' wall time
         self.completed: list[FrozenTrial] = []  # settled COMPLETE trials not yet taken by take_completed()
+        self.durations: list[float] = []       # settled COMPLETE trials' seconds (the finalists' reserve)
+        self.pruned: set[int] = set()          # numbers of settled PRUNED trials
+        self.continued: set[int] = set()       # numbers of paused trials some trial continues
 
     def _better(self, a: FrozenTrial, b: FrozenTrial | None) -> bool:
         """``a`` meets its constraints and beats ``b`` on the metric (the first objective)."""
@@ -177,14 +201,19 @@ class Counter:
         if FORKED_FROM in t.user_attrs:        # copied from another study: a candidate, not this budget's
             if self._better(t, self.best):
                 self.best = t
+        elif FINALIST_OF in t.user_attrs:      # a finalist's run: outside n_trials; its checkpoint is ranked
+            if t.state == TrialState.COMPLETE and first_value(t) is not None:
+                self.completed.append(t)
         elif t.state == TrialState.COMPLETE:
             self.counts.complete += 1
             if first_value(t) is not None:
                 self.completed.append(t)
+                self.durations.append(_seconds(t))
                 if self._better(t, self.best):
                     self.best = t
         elif t.state == TrialState.PRUNED:
             self.counts.pruned += 1
+            self.pruned.add(t.number)
         else:
             self.counts.failed += 1
             self.fails.add(t.number)
@@ -196,23 +225,27 @@ class Counter:
         while self.settled < len(trials) and trials[self.settled].state.is_finished():
             t = trials[self.settled]
             self._settle(t)
-            if RETRY_OF in t.user_attrs:
-                self.replaced.add(t.user_attrs[RETRY_OF])
+            self._link(t)
             self.settled += 1
         out = Tally(complete=self.counts.complete, pruned=self.counts.pruned)
         fails = len(self.fails)
         best, seconds = self.best, self.seconds
-        tail_fails = []
+        tail_fails: list[int] = []
+        tail_pruned: list[int] = []
         now = datetime.datetime.now()
         for t in trials[self.settled:]:
-            if RETRY_OF in t.user_attrs:
-                self.replaced.add(t.user_attrs[RETRY_OF])
+            self._link(t)
+            if t.datetime_start is not None and t.state != TrialState.WAITING:
+                seconds += max(0.0, ((t.datetime_complete or now) - t.datetime_start).total_seconds())
+            if FINALIST_OF in t.user_attrs and t.state.is_finished():
+                continue
             if t.state == TrialState.COMPLETE:
                 out.complete += 1
                 if self._better(t, best):
                     best = t
             elif t.state == TrialState.PRUNED:
                 out.pruned += 1
+                tail_pruned.append(t.number)
             elif t.state == TrialState.FAIL:
                 fails += 1
                 tail_fails.append(t.number)
@@ -220,11 +253,17 @@ class Counter:
                 out.running += 1
             elif t.state == TrialState.WAITING:
                 out.waiting += 1
-            if t.datetime_start is not None and t.state != TrialState.WAITING:
-                seconds += max(0.0, ((t.datetime_complete or now) - t.datetime_start).total_seconds())
         out.retried = len(self.fails & self.replaced) + sum(n in self.replaced for n in tail_fails)
         out.failed = fails - out.retried
+        out.continued = len(self.pruned & self.continued) + sum(n in self.continued for n in tail_pruned)
+        out.pruned -= out.continued
         return out, best, seconds
+
+    def _link(self, t: FrozenTrial) -> None:
+        if RETRY_OF in t.user_attrs:
+            self.replaced.add(t.user_attrs[RETRY_OF])
+        if CONTINUES in t.user_attrs:
+            self.continued.add(t.user_attrs[CONTINUES])
 
     def take_completed(self) -> list[FrozenTrial]:
         """Settled COMPLETE trials not handed out before (for the checkpoint clean-up)."""

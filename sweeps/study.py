@@ -2,7 +2,7 @@
 
 It owns creating and loading a study (with the sampler and pruner rebuilt
 from the stored config, since Optuna stores neither), every study and trial
-attribute key, the trial seed, "best trial or none", the full parameter set
+attribute key (defined in ``attrs.py``, read through here), the trial seed, "best trial or none", the full parameter set
 (searched plus fixed), the metric keys and the direction. The coordinator
 writes through these names; the read side (status, best, report, export,
 dashboard, the Python API) reads through them and never imports the
@@ -19,32 +19,39 @@ from typing import Any
 import optuna
 
 from sweeps import __version__, algorithms
+from sweeps.attrs import (  # noqa: F401  (their home is attrs.py; the read side takes them from here)
+    ATTEMPT,
+    AUDITED,
+    CHECKPOINT_NOTE,
+    CONFIG_ATTR,
+    CONFIG_ID,
+    CONTINUES,
+    COORDINATOR,
+    DATASET_ATTR,
+    EPOCHS_RUN,
+    FAILURE,
+    FAULTS,
+    FINALIST_OF,
+    FINALISTS_ATTR,
+    FIXED_PARAMS,
+    FORK_ATTR,
+    FORKED_FROM,
+    ONE_CLASS,
+    PAUSED_AT,
+    REASON,
+    RETRY_OF,
+    RUNGS_ATTR,
+    SEED,
+    START_EPOCH,
+    STORE_ERRORS_ATTR,
+    TEST_ATTR,
+    UID_ATTR,
+    VERSION_ATTR,
+    config_id,
+)
 from sweeps.config import SweepConfig, from_dict
 from sweeps.errors import SweepsError
 from sweeps.storage import mask, open_storage, resolve_url
-
-# -- study attributes ----------------------------------------------------------------------------
-CONFIG_ATTR = "sweeps:config"     # the resolved config (SweepConfig.to_dict): all `resume` needs
-DATASET_ATTR = "sweeps:dataset"   # the dataset reference, shape and class names
-VERSION_ATTR = "sweeps:version"
-UID_ATTR = "sweeps:uid"           # names the study's checkpoint folder, unique across databases
-STORE_ERRORS_ATTR = "sweeps:store_errors"   # checkpoint writes that failed: {count, last}
-FORK_ATTR = "sweeps:forked_from"  # `sweeps fork`: {study, trials copied}
-
-# -- trial attributes ----------------------------------------------------------------------------
-SEED = "seed"                     # the seed the trial trained with (a retry keeps its configuration's)
-FIXED_PARAMS = "fixed_params"     # parameters the space fixes (Optuna stores only searched ones)
-COORDINATOR = "coordinator"       # host:pid of the coordinator that ran the trial
-REASON = "reason"                 # why a trial was pruned or failed, in words
-FAILURE = "failure"               # the kind of a failure (workers.spec.Failure), for code to read
-EPOCHS_RUN = "epochs_run"
-RETRY_OF = "retry_of"             # the trial this one repeats after a failure
-CONFIG_ID = "config_id"           # the first trial of the configuration
-ATTEMPT = "attempt"
-FAULTS = "faults"                 # worker faults so far for this configuration (coordinator loss is not one)
-START_EPOCH = "start_epoch"       # the checkpoint epoch a retry resumed from
-CHECKPOINT_NOTE = "checkpoint_note"   # why a retry started earlier than its last checkpoint (a damaged slot)
-FORKED_FROM = "forked_from"       # a trial copied from another study by `sweeps fork`: {study, trial}; no budget
 
 # Metrics each complete trial stores (workers/metrics.py and the trainer): the scalars first.
 SCALAR_METRICS = ("accuracy", "macro_precision", "macro_recall", "macro_f1", "param_count", "model_bytes",
@@ -131,17 +138,17 @@ def trial_seed(study_seed: int, config_id: int) -> int:
     return (study_seed * 100_003 + config_id) % (2 ** 31 - 1)
 
 
-def config_id(number: int, user_attrs: dict[str, Any]) -> int:
-    """The configuration a trial runs: its own number, or its first attempt's when it is a retry."""
-    return int(user_attrs.get(CONFIG_ID, number))
-
-
 def best_trial(study: optuna.Study) -> optuna.trial.FrozenTrial | None:
-    """The complete trial that meets every constraint with the best metric (the first objective), or None.
+    """The trial handed over: the finalists' winner once they ran, else the complete trial that meets every
+    constraint with the best metric (the first objective), or None.
 
     One objective: Optuna's own (one query, feasibility included). Several:
     no trial beats it on the first objective; ``pareto_front`` lists the others.
     """
+    if FINALISTS_ATTR in study.user_attrs:
+        table = standings(study.get_trials(deepcopy=False), maximize(study))
+        if table:
+            return table[0]["trial"]
     if len(study.directions) == 1:
         try:
             return study.best_trial
@@ -153,6 +160,33 @@ def best_trial(study: optuna.Study) -> optuna.trial.FrozenTrial | None:
         return None
     sign = 1 if maximize(study) else -1
     return max(trials, key=lambda t: (sign * t.values[0], -t.number))
+
+
+def standings(trials: list[optuna.trial.FrozenTrial], maximize: bool) -> list[dict[str, Any]]:
+    """The finalists, best mean first: each configuration's values over its seeds, their mean and spread, and
+    the trial handed over (its run with the best value). Empty before any finalist run completed."""
+    groups: dict[int, list[optuna.trial.FrozenTrial]] = {}
+    for t in trials:
+        if FINALIST_OF in t.user_attrs:
+            groups.setdefault(int(t.user_attrs[FINALIST_OF]), [])
+    if not any(t.state == optuna.trial.TrialState.COMPLETE and FINALIST_OF in t.user_attrs for t in trials):
+        return []
+    for t in trials:
+        origin = int(t.user_attrs.get(FINALIST_OF, config_id(t.number, t.user_attrs)))
+        if origin in groups and t.state == optuna.trial.TrialState.COMPLETE and t.values and feasible(t):
+            groups[origin].append(t)
+    sign = 1 if maximize else -1
+    table = []
+    for origin, runs in groups.items():
+        if not runs:
+            continue
+        values = [t.values[0] for t in runs]
+        mean = sum(values) / len(values)
+        spread = (sum((v - mean) ** 2 for v in values) / (len(values) - 1)) ** 0.5 if len(values) > 1 else 0.0
+        chosen = max(runs, key=lambda t: (sign * t.values[0], -t.number))
+        table.append({"config": origin, "trial": chosen, "values": values, "mean": mean, "std": spread,
+                      "trials": [t.number for t in runs]})
+    return sorted(table, key=lambda row: (-sign * row["mean"], row["config"]))
 
 
 def pareto_front(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:

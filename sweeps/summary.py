@@ -9,7 +9,9 @@ import optuna
 
 from sweeps import study as schema
 from sweeps.errors import SweepsError
+from sweeps.pruning import audit_summary
 from sweeps.recovery import gpu_hours
+from sweeps.rungs import RungPlan
 from sweeps.storage import open_storage
 
 STATES = ("COMPLETE", "PRUNED", "FAIL", "RUNNING", "WAITING")
@@ -45,8 +47,42 @@ def status(name: str, storage_url: str | None) -> dict[str, Any]:
         "gpu_hours_budget": config.get("budget", {}).get("gpu_hours"),
         "checkpoint_store": config.get("checkpoints", {}).get("store"),
         "store_errors": study.user_attrs.get(schema.STORE_ERRORS_ATTR, {"count": 0, "last": ""}),
+        "search": search(study, trials),
         "trials": [_trial_row(t) for t in trials],
     }
+
+
+def search(study: optuna.Study, trials: list[optuna.trial.FrozenTrial]) -> dict[str, Any]:
+    """How the search decided: the rungs and what they rest on, pausing, the audit, the finalists."""
+    maximize = schema.maximize(study)
+    continued = {t.user_attrs[schema.CONTINUES] for t in trials if schema.CONTINUES in t.user_attrs}
+    return {
+        "rungs": study.user_attrs.get(schema.RUNGS_ATTR),
+        "paused": sum(schema.PAUSED_AT in t.user_attrs for t in trials), "continued": len(continued),
+        "audit": audit_summary(trials, maximize),
+        "finalists": [{"config": row["config"], "trial": row["trial"].number, "mean": row["mean"], "std": row["std"],
+                       "values": row["values"], "trials": row["trials"]}
+                      for row in schema.standings(trials, maximize)],
+    }
+
+
+def search_lines(s: dict[str, Any]) -> list[str]:
+    """The search's decisions in words, for `status`, `best` and `report`."""
+    lines = []
+    if s["rungs"]:
+        lines.append("pruning: " + RungPlan.from_dict(s["rungs"]).describe())
+    if s["paused"]:
+        lines.append(f"paused at a rung: {s['paused']} trial(s), {s['continued']} of them continued since")
+    audit = s["audit"]
+    if audit:
+        rate = "n/a" if audit["false_prune_rate"] is None else f"{audit['false_prune_rate']:.2f}"
+        lines.append(f"prune audit: {audit['audited']} audited trial(s) finished ({audit['running']} running); "
+                     f"{audit['in_top_quarter']} ended in the top quarter: false-prune rate {rate}")
+    if s["finalists"]:
+        lines.append("finalists, best mean first (mean ± sd over seeds): " + "; ".join(
+            f"configuration {f['config']}: {f['mean']:.4f} ± {f['std']:.4f} (n={len(f['values'])}, handed over: "
+            f"trial {f['trial']})" for f in s["finalists"]))
+    return lines
 
 
 def wall_seconds(trials: list[optuna.trial.FrozenTrial]) -> float:
@@ -74,12 +110,13 @@ def _best_row(study: optuna.Study, b: optuna.trial.FrozenTrial) -> dict[str, Any
 
 
 def best(name: str, storage_url: str | None) -> dict[str, Any]:
+    """The trial handed over (the finalists' winner once they ran), and how the search chose it."""
     study = schema.load(name, storage_url)
     b = schema.best_trial(study)
     if b is None:
         raise SweepsError(f"study {name!r} has no completed trial that meets its constraints yet; "
                           f"`sweeps status {name}` shows its trials")
-    return _best_row(study, b)
+    return {**_best_row(study, b), "search": search(study, study.get_trials(deepcopy=False))}
 
 
 def pareto(name: str, storage_url: str | None) -> dict[str, Any]:

@@ -30,10 +30,12 @@ SAMPLER_OPTIONS = {
 PRUNER_OPTIONS = {
     "median": {"n_startup_trials", "n_warmup_steps", "interval_steps"},
     "successive_halving": {"min_resource", "reduction_factor", "min_early_stopping_rate"},
-    "asha": {"min_resource", "reduction_factor", "min_early_stopping_rate"},
+    "asha": {"min_resource", "reduction_factor", "min_early_stopping_rate", "pause"},
+    "auto": {"reduction_factor", "threshold", "min_trials", "pause"},
     "hyperband": {"min_resource", "max_resource", "reduction_factor"},
     "none": set(),
 }
+AUDITED_PRUNERS = ("median", "successive_halving", "asha", "auto", "hyperband")   # take `audit`
 RECOVERY_DEFAULTS: dict[str, float] = {
     "max_retries": 2,           # retries of one configuration after worker faults
     "heartbeat_interval": 10,   # seconds between heartbeats of each running trial
@@ -102,7 +104,8 @@ class Sections(Checks):
 
     TOP_LEVEL = ("study", "metric", "objectives", "constraints", "dataset", "epochs", "seed", "deterministic",
                  "mixed_precision", "jit_compile", "steps_per_execution", "backend", "sampler", "pruner", "budget",
-                 "parallel", "resources", "recovery", "checkpoints", "tensorboard", "model", "parameters", "seed_trials")
+                 "parallel", "resources", "recovery", "checkpoints", "tensorboard", "model", "parameters", "seed_trials",
+                 "finalists")
 
     def all(self, raw: Any) -> dict[str, Any]:
         """Every section in the order its problems are reported, then the checks across sections."""
@@ -153,6 +156,16 @@ class Sections(Checks):
         if not isinstance(value, str) or not value.strip() or "://" in value:
             self.fail("tensorboard", f"must be a folder for the logs, or false to write none; got {value!r}")
         return {"tensorboard": os.path.abspath(os.path.join(self.base_dir or os.getcwd(), os.path.expanduser(value)))}
+
+    def finalists(self, raw: dict[str, Any], _: dict[str, Any]) -> dict[str, Any]:
+        value = raw.get("finalists", {"count": 3, "seeds": 2})
+        if isinstance(value, int) and not isinstance(value, bool):
+            value = {"count": value}
+        if not isinstance(value, dict):
+            self.fail("finalists", f"must be a number of configurations or {{count: 3, seeds: 2}}, got {value!r}")
+        self.unknown_keys("finalists", value, {"count", "seeds"})
+        return {"finalists": self.integer("finalists.count", value.get("count", 3), low=0),
+                "finalist_seeds": self.integer("finalists.seeds", value.get("seeds", 2), low=1)}
 
     def seed_trials(self, raw: dict[str, Any], fields: dict[str, Any]) -> dict[str, Any]:
         trials = raw.get("seed_trials")
@@ -262,10 +275,16 @@ class Sections(Checks):
         name = raw.get("name")
         if name not in options:
             self.fail(f"{key}.name", f"unknown {key} {name!r}; choose one of {', '.join(options)}")
-        self.unknown_keys(key, raw, options[name] | {"name"} | ({"seed"} if key == "sampler" else set()))
+        extra = {"seed"} if key == "sampler" else {"audit"} if name in AUDITED_PRUNERS else set()
+        self.unknown_keys(key, raw, options[name] | {"name"} | extra)
         for k, val in raw.items():
-            if k in ("multivariate", "group", "constant_liar"):
+            if k in ("multivariate", "group", "constant_liar", "pause"):
                 self.flag(f"{key}.{k}", val)
+            elif k in ("audit", "threshold"):
+                share = self.number(f"{key}.{k}", val, low=0 if k == "audit" else -1)
+                if share > 1 or (k == "audit" and share >= 1):
+                    self.fail(f"{key}.{k}", f"must be {'below 1 (a share of the trials)' if k == 'audit' else 'at most 1'}"
+                                            f", got {val!r}")
             elif k == "restart_strategy":
                 self.one_of(f"{key}.{k}", val, ("ipop", "bipop", None), f"must be ipop or bipop, got {val!r}")
             elif k not in ("name", "seed") and not (k == "max_resource" and val == "auto"):

@@ -104,6 +104,7 @@ TINY_SPACE: dict[str, Any] = {
     "sampler": {"name": "random"},
     "pruner": {"name": "median", "n_startup_trials": 1, "n_warmup_steps": 0},
     "budget": {"n_trials": 4},
+    "finalists": 0,            # tests that want finalists ask for them
     "parallel": 2,
     "resources": {"cpus": 1},
     "parameters": {

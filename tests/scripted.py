@@ -34,8 +34,12 @@ class Scripted:
 
     def __init__(self, value: Callable[[dict[str, Any], int], float] = curve, on_epoch: Hook | None = None,
                  delay: float = 0.0, weights: int = 2,
-                 measures: Callable[[dict[str, Any]], dict[str, float]] | None = None) -> None:
+                 measures: Callable[[dict[str, Any]], dict[str, float]] | None = None,
+                 bonus: dict[int, float] | None = None,
+                 logs: Callable[[TrialSpec, int], dict[str, Any]] | None = None) -> None:
         self.value, self.on_epoch, self.delay = value, on_epoch, delay
+        self.bonus = bonus or {}          # trial number -> added to every value it reports (a lucky seed)
+        self.logs = logs                  # more Keras logs per epoch (e.g. val_classes_predicted)
         self.measures = measures          # what a complete trial measures besides accuracy (latency, size)
         self.weights = weights            # float32 "weights" in each checkpoint: its size
         self.lock = threading.Lock()
@@ -66,13 +70,14 @@ class Scripted:
             ended = self.on_epoch(spec, epoch) if self.on_epoch else None
             if ended is not None:
                 return ended
-            value = self.value(spec.params, epoch)
+            value = self.value(spec.params, epoch) + self.bonus.get(spec.number, 0.0)
             values[epoch] = value
             if better(value, best, spec.maximize):
                 best, best_epoch = value, epoch
             state = (ckpt.pack(ckpt.Checkpoint(epoch, [np.full(self.weights, epoch, "float32")], [], best, best_epoch, None,
                                                values)) if spec.save_checkpoints else None)
-            decision = reporter.report(EpochReport(spec.number, epoch, value, {spec.metric: value}, state))
+            logs = {spec.metric: value, **(self.logs(spec, epoch) if self.logs else {})}
+            decision = reporter.report(EpochReport(spec.number, epoch, value, logs, state))
             self.decisions[spec.number].append(decision)
             if decision == Decision.PRUNE:
                 return TrialResult(spec.number, TrialState.PRUNED, best, epoch, f"pruned after epoch {epoch}")

@@ -6,6 +6,7 @@ import optuna
 import yaml
 
 from sweeps import algorithms, config, space
+from sweeps.rungs import RungPruner
 from tests.helpers import TINY_SPACE
 
 
@@ -65,7 +66,7 @@ def test_grid_covers_every_combination() -> None:
 def test_every_sampler_and_pruner_builds() -> None:
     for name in ("tpe", "random", "cmaes"):
         assert algorithms.sampler(_config(sampler={"name": name})) is not None
-    kinds = {"median": optuna.pruners.MedianPruner, "asha": optuna.pruners.SuccessiveHalvingPruner,
+    kinds = {"median": optuna.pruners.MedianPruner, "asha": RungPruner, "auto": RungPruner,
              "successive_halving": optuna.pruners.SuccessiveHalvingPruner,
              "hyperband": optuna.pruners.HyperbandPruner, "none": optuna.pruners.NopPruner}
     for name, kind in kinds.items():

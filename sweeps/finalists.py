@@ -1,0 +1,65 @@
+"""Finalists: after the search, the top configurations trained again with other seeds; the winner is the best mean.
+
+With a validation set of about a thousand images, the best of many trials
+is partly the luckiest seed: its validation value overstates it, and the
+runner-up is often the better model on test data. Retraining the top
+``finalists.count`` configurations ``finalists.seeds`` more times each and
+choosing by the mean takes the seed's luck out of the choice (the
+validation set's own noise stays). Finalist runs are trials of their own
+(``finalist_of``: the configuration's trial), never pruned, outside
+``n_trials`` but inside the time and GPU budgets: exploration stops early
+enough to leave them room (``reserve_seconds``). ``study.best_trial``
+reads the outcome.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from sweeps import study as schema
+from sweeps.config import SweepConfig
+
+
+def candidates(trials: list[FrozenTrial], count: int, maximize: bool) -> list[FrozenTrial]:
+    """The ``count`` best complete configurations that meet their constraints (one trial each), when the sweep
+    completed more than ``count``: among fewer there is nothing to choose."""
+    best: dict[int, FrozenTrial] = {}
+    for t in trials:
+        if (t.state != TrialState.COMPLETE or not t.values or not schema.feasible(t)
+                or schema.FINALIST_OF in t.user_attrs or schema.FORKED_FROM in t.user_attrs):
+            continue
+        cid = schema.config_id(t.number, t.user_attrs)
+        if cid not in best or (t.values[0] > best[cid].values[0]) == maximize:
+            best[cid] = t
+    if len(best) <= count:
+        return []
+    return sorted(best.values(), key=lambda t: (-t.values[0] if maximize else t.values[0], t.number))[:count]
+
+
+def enqueue(study: optuna.Study, config: SweepConfig, trials: list[FrozenTrial]) -> int:
+    """Queue the finalists' runs once per study (the caller holds the launch lock); how many were queued."""
+    if config.finalists <= 0 or schema.FINALISTS_ATTR in study.user_attrs:
+        return 0
+    chosen = candidates(trials, config.finalists, schema.maximize(study))
+    if not chosen:
+        return 0
+    for t in chosen:
+        for _ in range(config.finalist_seeds):
+            study.enqueue_trial(dict(t.params), user_attrs={schema.FINALIST_OF: schema.config_id(t.number, t.user_attrs)},
+                                skip_if_exists=False)
+    study.set_user_attr(schema.FINALISTS_ATTR, {"configs": [schema.config_id(t.number, t.user_attrs) for t in chosen],
+                                                "seeds": config.finalist_seeds})
+    return len(chosen) * config.finalist_seeds
+
+
+def reserve_seconds(config: SweepConfig, durations: list[float]) -> float:
+    """Time kept free at the end of a timeout for the finalists: their runs, ``parallel`` at a time, each as long
+    as the median complete trial so far (0 before any trial completed)."""
+    if config.finalists <= 0 or not durations or config.timeout is None:
+        return 0.0
+    rounds = math.ceil(config.finalists * config.finalist_seeds / max(1, config.parallel))
+    return rounds * statistics.median(durations)

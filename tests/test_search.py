@@ -1,0 +1,161 @@
+"""The search's mechanisms on the in-process dispatcher (no Ray, no TensorFlow): a paused trial promoted and
+continued from its checkpoint, rungs placed by the data, the prune audit, finalists, one-class epochs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pytest
+
+from sweeps import study as schema
+from sweeps.api import load_sweep
+from sweeps.budget import Budget
+from sweeps.config import SweepConfig, from_dict
+from sweeps.dispatch import InlineDispatcher
+from sweeps.finalists import reserve_seconds
+from sweeps.progress import Progress
+from sweeps.recovery import Tally
+from sweeps.rungs import fixed_rungs, place_rungs, spearman
+from sweeps.runner import run_sweep
+from sweeps.summary import best, search_lines, status
+from tests.helpers import TINY_SPACE
+from tests.scripted import Scripted, curve
+
+TS = optuna.trial.TrialState
+
+
+def _config(tmp_path: Path, **changes: Any) -> SweepConfig:
+    raw = {**TINY_SPACE, "epochs": 4, "parallel": 1, "pruner": {"name": "none"},
+           "parameters": {"learning_rate": {"low": 1e-6, "high": 1e-1, "log": True}, "batch_size": 64},
+           "checkpoints": {"store": str(tmp_path / "store")}, **changes}
+    return from_dict(raw, source="test")
+
+
+def _lrs(*rates: float) -> list[dict[str, float]]:
+    return [{"learning_rate": r} for r in rates]
+
+
+def _run(tmp_path: Path, script: Scripted, **changes: Any) -> list[optuna.trial.FrozenTrial]:
+    url = f"sqlite:///{tmp_path}/s.db"
+    run_sweep(_config(tmp_path, **changes), url, dispatcher=InlineDispatcher(script))
+    return optuna.load_study(study_name="tiny", storage=url).get_trials()
+
+
+def test_a_paused_trial_is_promoted_later_and_continues_from_its_rung_checkpoint(tmp_path: Path) -> None:
+    # rung 1 values (curve at epoch 1): 0.5, 0.35, then four low ones; trial 1 is paused while only 1 of 2
+    # go on, and promoted once six have reached the rung (top 3)
+    script = Scripted()
+    rates = (1e-2, 3e-4, 1e-6, 2e-6, 3e-6, 4e-6)
+    trials = _run(tmp_path, script, budget={"n_trials": 6}, seed_trials=_lrs(*rates),
+                  pruner={"name": "asha", "min_resource": 1, "reduction_factor": 2})
+    paused = trials[1]
+    assert paused.state == TS.PRUNED and paused.user_attrs[schema.PAUSED_AT] == 1
+    assert paused.user_attrs[schema.REASON].startswith("paused at rung 1 (epoch 1)")
+    follow = [t for t in trials if t.user_attrs.get(schema.CONTINUES) == paused.number]
+    assert len(follow) == 1, [(t.number, t.user_attrs) for t in trials]
+    cont = follow[0]
+    assert cont.user_attrs[schema.CONFIG_ID] == paused.number and cont.user_attrs[schema.SEED] == paused.user_attrs[schema.SEED]
+    assert cont.params == paused.params
+    assert script.first_epoch[cont.number] == 2                       # resumed from the rung's checkpoint
+    assert cont.intermediate_values[1] == paused.intermediate_values[1]    # the curve goes on from the rung
+    assert cont.intermediate_values[2] == pytest.approx(curve(paused.params, 2))
+    s = status("tiny", f"sqlite:///{tmp_path}/s.db")
+    assert s["search"]["continued"] == 1 and s["search"]["paused"] >= 2
+    # the continuation counts instead of the paused trial: six configurations, not seven
+    assert sum(s["counts"][k] for k in ("COMPLETE", "PRUNED")) == 7 and len(trials) == 7
+
+
+def test_without_pausing_asha_stops_trials_for_good(tmp_path: Path) -> None:
+    trials = _run(tmp_path, Scripted(), budget={"n_trials": 6}, seed_trials=_lrs(1e-2, 3e-4, 1e-6, 2e-6, 3e-6, 4e-6),
+                  pruner={"name": "asha", "min_resource": 1, "reduction_factor": 2, "pause": False})
+    assert len(trials) == 6 and not any(schema.CONTINUES in t.user_attrs or schema.PAUSED_AT in t.user_attrs
+                                        for t in trials)
+    assert trials[1].state == TS.PRUNED and trials[1].user_attrs[schema.REASON].startswith("pruned after epoch 1")
+
+
+def test_auto_rungs_start_where_the_epochs_rank_trials_as_their_final_values_do() -> None:
+    finals = [0.9, 0.8, 0.7, 0.6, 0.5, 0.4]
+    noise = [0.3, 0.1, 0.5, 0.2, 0.6, 0.4]            # epochs 1-2 say nothing of the final value
+    curves = [({1: n, 2: n * 0.9, 3: f - 0.2 + n / 2, 4: f - 0.05, 5: f, 6: f}, f) for n, f in zip(noise, finals)]
+    plan = place_rungs(curves, steps=9, eta=3, threshold=0.8, min_trials=5)
+    assert plan.rungs == (3,) and plan.correlation[3] >= 0.8 and plan.correlation[1] < 0.5
+    assert "epoch 3's values rank the 6 finished trials" in plan.describe()
+    assert place_rungs(curves[:4], steps=9, eta=3, threshold=0.8, min_trials=5).rungs == ()   # too few yet
+    assert place_rungs(curves, steps=9, eta=3, threshold=0.99, min_trials=5).rungs == (4,)
+    assert fixed_rungs(4, 3, 15) == (4, 12) and fixed_rungs(1, 2, 4) == (1, 2)
+    assert spearman([1, 2, 3], [3, 2, 1]) == pytest.approx(-1.0) and spearman([1, 1, 1], [1, 2, 3]) == 0.0
+
+
+def test_auto_rungs_let_the_first_trials_finish_then_prune_at_the_placed_rung(tmp_path: Path) -> None:
+    rates = (1e-2, 1e-3, 1e-4, 1e-5, 1e-6, 2e-2, 5e-6, 3e-6, 2e-6)
+    trials = _run(tmp_path, Scripted(), budget={"n_trials": 9}, seed_trials=_lrs(*rates), epochs=6,
+                  pruner={"name": "auto", "min_trials": 4, "threshold": 0.9, "pause": False})
+    assert all(t.state == TS.COMPLETE for t in trials[:4])              # nothing is pruned before rungs exist
+    study = optuna.load_study(study_name="tiny", storage=f"sqlite:///{tmp_path}/s.db")
+    rungs = study.user_attrs[schema.RUNGS_ATTR]
+    assert rungs["mode"] == "auto" and rungs["rungs"][0] == 1 and rungs["correlation"]["1"] >= 0.9
+    assert any(t.state == TS.PRUNED and t.user_attrs[schema.EPOCHS_RUN] == 1 for t in trials[4:])
+    assert any(line.startswith("pruning: rungs at epochs 1, 3 (auto") for line in
+               search_lines(status("tiny", f"sqlite:///{tmp_path}/s.db")["search"]))
+
+
+def test_the_audit_lets_marked_trials_run_on_and_measures_false_prunes(tmp_path: Path) -> None:
+    rates = (1e-2, 1e-6, 2e-6, 3e-6, 1e-5, 2e-5, 3e-5, 1e-4)
+    trials = _run(tmp_path, Scripted(), budget={"n_trials": 8}, seed_trials=_lrs(*rates),
+                  pruner={"name": "asha", "min_resource": 1, "reduction_factor": 2, "pause": False, "audit": 0.3})
+    audited = [t for t in trials if schema.AUDITED in t.user_attrs]
+    pruned = [t for t in trials if t.state == TS.PRUNED]
+    assert audited and pruned                         # some ran on past a "prune", others were stopped
+    assert all(t.state == TS.COMPLETE and t.user_attrs[schema.AUDITED] in (1, 2) for t in audited)
+    audit = status("tiny", f"sqlite:///{tmp_path}/s.db")["search"]["audit"]
+    values = sorted((t.values[0] for t in trials if t.state == TS.COMPLETE), reverse=True)
+    cut = values[max(1, len(values) // 4) - 1]
+    expected = [t.number for t in audited if t.values[0] >= cut]
+    assert audit["audited"] == len(audited) and audit["trials"] == expected
+    assert audit["false_prune_rate"] == round(len(expected) / len(audited), 3)
+
+
+def test_finalists_retrain_the_top_configurations_and_the_best_mean_wins(tmp_path: Path) -> None:
+    # trial 1 (lr 1e-1) is lucky once (+0.3 on its first run): first by value, second by mean over three seeds
+    script = Scripted(bonus={1: 0.3})
+    trials = _run(tmp_path, script, budget={"n_trials": 4}, seed_trials=_lrs(1e-2, 1e-1, 1e-4, 1e-6),
+                  finalists={"count": 2, "seeds": 2})
+    runs = [t for t in trials if schema.FINALIST_OF in t.user_attrs]
+    assert sorted(t.user_attrs[schema.FINALIST_OF] for t in runs) == [0, 0, 1, 1]
+    assert all(t.state == TS.COMPLETE for t in runs)
+    assert len({t.user_attrs[schema.SEED] for t in trials}) == len(trials)     # every run its own seed
+    study = optuna.load_study(study_name="tiny", storage=f"sqlite:///{tmp_path}/s.db")
+    assert study.best_trial.number == 1                                 # Optuna's own: the lucky one
+    winner = schema.best_trial(study)                                   # ours: the best mean's configuration
+    assert winner is not None and winner.user_attrs.get(schema.FINALIST_OF, winner.number) == 0
+    b = best("tiny", f"sqlite:///{tmp_path}/s.db")
+    first = b["search"]["finalists"][0]
+    assert first["config"] == 0 and first["mean"] == pytest.approx(curve({"learning_rate": 1e-2}, 4))
+    assert b["search"]["finalists"][1]["std"] > 0.1
+    s = status("tiny", f"sqlite:///{tmp_path}/s.db")
+    assert s["counts"]["COMPLETE"] == 8     # 4 searched + 4 finalist runs, while the budget counted 4
+    sweep = load_sweep("tiny", f"sqlite:///{tmp_path}/s.db")
+    assert sweep.best_trial.number == winner.number and sweep.finalists[0]["config"] == 0
+
+
+def test_finalists_keep_room_in_a_timeout_and_are_skipped_among_too_few(tmp_path: Path) -> None:
+    config = _config(tmp_path, budget={"n_trials": 50, "timeout": 100}, parallel=2, finalists={"count": 3, "seeds": 2})
+    assert reserve_seconds(config, [10.0, 30.0, 20.0]) == 3 * 20.0      # 6 runs, 2 at a time, median 20 s
+    budget = Budget(config, Progress("tiny", 50, timeout=100))
+    budget.reserve = 60.0
+    budget.progress.started -= 45                                       # 45 s in: 55 s left, less than 60
+    assert not budget.may_launch(Tally(complete=3)) and not budget.progress.stopping
+    assert budget.may_launch(Tally(complete=3, waiting=6))             # the finalists' runs still start
+    trials = _run(tmp_path, Scripted(), budget={"n_trials": 2}, finalists=3)
+    assert len(trials) == 2 and not any(schema.FINALIST_OF in t.user_attrs for t in trials)
+
+
+def test_a_one_class_epoch_is_recorded_said_and_named_in_the_prune_reason(tmp_path: Path) -> None:
+    collapsed = Scripted(logs=lambda spec, epoch: {"val_classes_predicted": 1 if spec.number == 1 else 10})
+    trials = _run(tmp_path, collapsed, budget={"n_trials": 2}, seed_trials=_lrs(1e-2, 1e-6),
+                  pruner={"name": "median", "n_startup_trials": 1, "n_warmup_steps": 0})
+    assert trials[1].user_attrs[schema.ONE_CLASS] == [1]
+    assert trials[1].state == TS.PRUNED and "one class for every validation image" in trials[1].user_attrs[schema.REASON]
+    assert schema.ONE_CLASS not in trials[0].user_attrs

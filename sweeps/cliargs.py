@@ -132,7 +132,7 @@ def parser() -> argparse.ArgumentParser:
                                                         "the best")
     _output_options(p, "the result")
 
-    p = command("report", "an HTML report and PNG plots: history, importances, parallel coordinates, curves",
+    p = command("report", "an HTML report and PNGs: learning curves, best so far against time, importances, parallel coordinates",
                 "sweeps report digits-demo --out report/")
     p.add_argument("study", help="study name")
     _storage_option(p)

@@ -1,9 +1,11 @@
 """`sweeps report`: one HTML page and PNG images of a study, to read or to share.
 
-Optuna's matplotlib visualisations (optimisation history, parameter
-importances, parallel coordinates, learning curves) plus the best trial's
-confusion matrix, and a table of the best trials. Everything is written
-into one folder; nothing in it holds the storage password.
+Our own pictures of the search (the best value against wall-clock time, and
+learning curves that read at a hundred trials: sweeps/plots.py), Optuna's
+matplotlib visualisations where they read well (parameter importances,
+parallel coordinates, the Pareto front), the best trial's confusion matrix,
+and a table of the best trials. Everything is written into one folder;
+nothing in it holds the storage password.
 """
 
 from __future__ import annotations
@@ -17,18 +19,24 @@ from typing import Any
 
 import optuna
 
+from sweeps import plots
 from sweeps import study as schema
 from sweeps.errors import SweepsError
 from sweeps.storage import mask, resolve_url
 
+# Drawn here (sweeps/plots.py); the keys are the images' names, kept from when Optuna drew these two.
+OWN = {
+    "optimization_history": ("Best value so far against wall-clock time", plots.best_over_time_png),
+    "intermediate_values": ("Learning curves (validation metric per epoch)", plots.learning_curves_png),
+}
 PLOTS = {
-    "optimization_history": ("Optimisation history", "plot_optimization_history"),
     "param_importances": ("Parameter importances (fANOVA)", "plot_param_importances"),
     "parallel_coordinate": ("Parallel coordinates", "plot_parallel_coordinate"),
-    "intermediate_values": ("Learning curves (validation metric per epoch)", "plot_intermediate_values"),
     "pareto_front": ("Pareto front (several objectives)", "plot_pareto_front"),
 }
-TARGETED = ("plot_optimization_history", "plot_param_importances", "plot_parallel_coordinate")
+TITLES = {**{k: title for k, (title, _) in OWN.items()}, **{k: title for k, (title, _) in PLOTS.items()},
+          "confusion_matrix": "Best trial: confusion matrix"}
+TARGETED = ("plot_param_importances", "plot_parallel_coordinate")
 
 
 def _plot_options(study: optuna.Study, function: str) -> dict[str, Any] | None:
@@ -50,8 +58,6 @@ def write_report(name: str, storage_url: str | None, out: str,
     import matplotlib.pyplot as plt
     from optuna.visualization import matplotlib as ovm
 
-    from sweeps.plots import confusion_matrix_png
-
     study = schema.load(name, storage_url)
     config = schema.load_config(study)
     complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
@@ -60,13 +66,20 @@ def write_report(name: str, storage_url: str | None, out: str,
     os.makedirs(out, exist_ok=True)
     images: dict[str, str] = {}
     skipped: dict[str, str] = {}
+    for key, (title, draw) in OWN.items():
+        say(f"plotting {title.lower()}")
+        try:
+            draw(study, os.path.join(out, f"{key}.png"))
+            images[key] = f"{key}.png"
+        except Exception as e:   # a picture that cannot be drawn never costs the rest of the report
+            skipped[key] = str(e).splitlines()[0] if str(e) else type(e).__name__
     for key, (title, function) in PLOTS.items():
         options = _plot_options(study, function)
         if options is None:
             continue
         say(f"plotting {title.lower()}")
         try:
-            with warnings.catch_warnings():
+            with warnings.catch_warnings(), matplotlib.rc_context():     # Optuna's ggplot style stays in here
                 warnings.simplefilter("ignore")
                 axes = getattr(ovm, function)(study, **options)
             figure = (axes.flat[0] if hasattr(axes, "flat") else axes).get_figure()
@@ -81,8 +94,8 @@ def write_report(name: str, storage_url: str | None, out: str,
     matrix = best.user_attrs.get("confusion_matrix") if best is not None else None
     if best is not None and matrix:
         classes = study.user_attrs.get(schema.DATASET_ATTR, {}).get("class_names") or [str(i) for i in range(len(matrix))]
-        confusion_matrix_png(matrix, classes, os.path.join(out, "confusion_matrix.png"),
-                             title=f"best trial {best.number}: validation confusion matrix")
+        plots.confusion_matrix_png(matrix, classes, os.path.join(out, "confusion_matrix.png"),
+                                   title=f"best trial {best.number}: validation confusion matrix")
         images["confusion_matrix"] = "confusion_matrix.png"
     page = os.path.join(out, "report.html")
     with open(page, "w", encoding="utf-8") as f:
@@ -112,9 +125,12 @@ def _html(study: optuna.Study, config: Any, storage_url: str | None, images: dic
                  + e(", ".join(f"{k}={_fmt(v)}" for k, v in schema.full_params(best).items())))
     limits = "".join(f"; {e(k)} {e(', '.join(f'{side} {_fmt(v)}' for side, v in b.items()))}"
                      for k, b in config.to_dict().get("constraints", {}).items())
-    sections = "".join(f"<h2>{e(PLOTS[k][0] if k in PLOTS else 'Best trial: confusion matrix')}</h2>"
-                       f"<img src=\"{e(v)}\" alt=\"{e(k)}\">" for k, v in images.items())
-    notes = "".join(f"<li>{e(PLOTS[k][0])}: not drawn ({e(v)})</li>" for k, v in skipped.items())
+    sections = "".join(f"<h2>{e(TITLES.get(k, k))}</h2><img src=\"{e(v)}\" alt=\"{e(k)}\">" for k, v in images.items())
+    notes = "".join(f"<li>{e(TITLES.get(k, k))}: not drawn ({e(v)})</li>" for k, v in skipped.items())
+    test = study.user_attrs.get(schema.TEST_ATTR)
+    tested = (f"<p>Held-out test split: trial {e(str(test.get('trial')))}'s model, accuracy {test['test_accuracy']:.4f}"
+              f" on {e(str(test.get('n_test', '?')))} images ({e(str(test.get('at', '')))}).</p>"
+              if isinstance(test, dict) and isinstance(test.get("test_accuracy"), (int, float)) else "")
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>sweeps report: {e(study.study_name)}</title>
 <style>body{{font-family:sans-serif;max-width:1000px;margin:2em auto}}table{{border-collapse:collapse}}
@@ -125,6 +141,7 @@ td,th{{border:1px solid #ccc;padding:2px 6px;text-align:right}}img{{max-width:10
 budget {config.n_trials} trials; written {datetime.datetime.now().isoformat(timespec="seconds")}.</p>
 <p>Trials: {", ".join(f"{k.lower()} {v}" for k, v in counts.items() if v)}.</p>
 <p>Best: {best_line}</p>
+{tested}
 <h2>Best trials</h2>
 <table><tr><th>#</th><th>{e(config.metric)}</th>{"".join(f"<th>{e(n)}</th>" for n in objectives)}<th>macro F1</th>
 <th>meets constraints</th>{"".join(f"<th>{e(k)}</th>" for k in names)}</tr>

@@ -149,7 +149,10 @@ def _copy_without_augmentation(weights: list[np.ndarray], params: dict[str, Any]
 
 
 def evaluate(trained: Trained) -> dict[str, Any]:
-    """The same metrics as each trial's, on the held-out test split (never used for selection)."""
+    """The same metrics as each trial's, on the held-out test split (never used for selection); the answer is
+    also stored in the study (TEST_ATTR) for `sweeps report`, best effort."""
+    import datetime
+
     from workers import metrics
 
     data = trained.data
@@ -159,6 +162,13 @@ def evaluate(trained: Trained) -> dict[str, Any]:
     predicted = np.argmax(trained.model.predict(data.x_test, batch_size=256, verbose=0), axis=1)
     found = metrics.classification(data.y_test, predicted, data.n_classes)
     found["n_test"] = int(len(data.y_test))
+    try:      # kept in the study for `sweeps report`'s best-so-far picture; the answer stands without it
+        trained.study.set_user_attr(schema.TEST_ATTR, {
+            "trial": trained.trial.number, "test_accuracy": float(found["accuracy"]),
+            "macro_f1": float(found["macro_f1"]), "n_test": found["n_test"], "source": trained.source,
+            "at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")})
+    except Exception:
+        pass
     return found
 
 

@@ -1,0 +1,173 @@
+"""Issue 15's benchmark: what a sweep hands over, and how soon it gets there, on the 5,000 MNIST images.
+
+    .venv/bin/python benchmarks/search_quality.py --systems ours,random --seeds 0,1 --minutes 20
+
+One run per system and seed, ``--minutes`` each, 2 trials at a time with one thread each (this machine's cores):
+
+- ours: the shipped ``search_spaces/mnist.yaml`` as it is (its sampler, pruner, audit and finalists), with
+  the budget replaced by the run's minutes (the finalists must fit in them: the timeout's reserve);
+- random: the same YAML with ``sampler: random``, ``pruner: none``, ``finalists: 0``.
+
+Every complete trial's checkpoint is kept (``keep_best`` 1000), so any trial's model can be tested. The clock
+starts when ``run_sweep`` is called (Ray and TensorFlow start-up included); at ``--minutes`` the sweep is
+stopped as a second Ctrl-C stops it. From the run:
+
+- time to validation accuracy 0.975, 0.983 and 0.988: the first epoch of any trial at or above it;
+- anytime quality: the model each would hand over at half the minutes and at the end (the best trial
+  finished by then; ours: the finalists' winner once a finalist run finished by then), and its accuracy on
+  the held-out test split (500 images, never seen by a trial);
+- ours: the prune audit's false-prune rate, the rungs placed, trials paused and continued.
+
+Results go to ``--out`` (one JSON per run, the SQLite studies) and a Markdown table on stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import signal
+import sqlite3
+import statistics
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+TARGETS = (0.975, 0.983, 0.988)
+PARALLEL = 2
+
+
+def _config(system: str, seed: int, minutes: float, out: Path) -> Any:
+    import yaml
+
+    from sweeps.config import from_dict
+
+    raw = yaml.safe_load((ROOT / "search_spaces" / "mnist.yaml").read_text())
+    raw.update(study=f"{system}-{seed}", seed=seed, budget={"n_trials": 1000, "timeout": minutes * 60},
+               parallel=PARALLEL, resources={"cpus": 1, "gpus": 0}, tensorboard=False,
+               checkpoints={"store": str(out / "checkpoints"), "keep_best": 1000})
+    if system == "random":
+        raw.update(sampler={"name": "random"}, pruner={"name": "none"}, finalists=0)
+    return from_dict(raw, source="benchmark")
+
+
+def _watch(db: Path, started: float, minutes: float, out: dict[str, Any]) -> None:
+    """The first time each target is reached; at the end, a second Ctrl-C (running trials are recorded)."""
+    while not out.get("ended"):
+        time.sleep(1.0)
+        best = None
+        if db.exists():
+            try:
+                with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5) as conn:
+                    best = conn.execute("SELECT max(intermediate_value) FROM trial_intermediate_values").fetchone()[0]
+            except sqlite3.Error:
+                pass
+        elapsed = time.monotonic() - started
+        for target in TARGETS:
+            if best is not None and best >= target and out["reached"].get(str(target)) is None:
+                out["reached"][str(target)] = round(elapsed, 1)
+        if elapsed > minutes * 60:
+            for _ in range(2):
+                os.kill(os.getpid(), signal.SIGINT)
+                time.sleep(0.5)
+            return
+
+
+def handed_over(trials: list[Any], by: datetime.datetime, maximize: bool) -> Any:
+    """The trial a sweep would hand over if it ended at ``by``: the finalists' winner among runs finished by
+    then, else the best complete trial finished by then."""
+    from sweeps import study as schema
+
+    done = [t for t in trials if t.datetime_complete is not None and t.datetime_complete <= by]
+    table = schema.standings(done, maximize)
+    if table:
+        return table[0]["trial"]
+    complete = [t for t in done if t.state.name == "COMPLETE" and t.values and schema.FINALIST_OF not in t.user_attrs]
+    if not complete:
+        return None
+    sign = 1 if maximize else -1
+    return max(complete, key=lambda t: (sign * t.values[0], -t.number))
+
+
+def run(system: str, seed: int, minutes: float, out: Path) -> dict[str, Any]:
+    from sweeps import study as schema
+    from sweeps.runner import run_sweep
+    from sweeps.summary import search
+    from sweeps.trained import evaluate, load_trained
+
+    out.mkdir(parents=True, exist_ok=True)
+    db = out / f"{system}-{seed}.db"
+    db.unlink(missing_ok=True)
+    url = f"sqlite:///{db}"
+    config = _config(system, seed, minutes, out)
+    result: dict[str, Any] = {"system": system, "seed": seed, "minutes": minutes, "reached": {}}
+    wall, started = datetime.datetime.now(), time.monotonic()
+    watcher = threading.Thread(target=_watch, args=(db, started, minutes, result), daemon=True)
+    watcher.start()
+    try:
+        run_sweep(config, url)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        result["ended"] = True
+        result["seconds"] = round(time.monotonic() - started, 1)
+    watcher.join(timeout=5)
+    study = schema.load(config.study, url)
+    trials = study.get_trials(deepcopy=False)
+    result["trials"] = len([t for t in trials if t.datetime_start is not None])
+    result["states"] = schema.state_counts(trials)
+    result["search"] = search(study, trials)
+    for label, seconds in (("half", minutes * 30), ("end", minutes * 60)):
+        chosen = handed_over(trials, wall + datetime.timedelta(seconds=seconds), schema.maximize(study))
+        if chosen is None:
+            result[label] = None
+            continue
+        trained = load_trained(config.study, url, chosen.number)
+        result[label] = {"trial": chosen.number, "val": schema.first_value(chosen),
+                         "test": evaluate(trained)["accuracy"], "source": trained.source}
+    (out / f"{system}-{seed}.json").write_text(json.dumps(result, indent=2, default=str))
+    return result
+
+
+def _cell(row: dict[str, Any] | None) -> str:
+    return "-" if row is None else f"{row['test']:.4f} (val {row['val']:.4f}, trial {row['trial']})"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--systems", default="ours,random")
+    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--minutes", type=float, default=20.0)
+    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "out" / "search_quality"))
+    args = parser.parse_args()
+    out = Path(args.out)
+    print(f"{datetime.date.today()}, {platform.node()}, {os.cpu_count()} cores, {args.minutes:g} minutes per run")
+    print("| system | seed | to 0.975 | to 0.983 | to 0.988 | test at half | test at end | trials | false-prune rate |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    rows = []
+    for system in args.systems.split(","):
+        for seed in (int(s) for s in args.seeds.split(",")):
+            r = run(system, seed, args.minutes, out)
+            rows.append(r)
+            times = [f"{r['reached'][str(t)]:.0f} s" if r["reached"].get(str(t)) is not None else
+                     f"> {args.minutes * 60:.0f} s" for t in TARGETS]
+            audit = r["search"]["audit"]
+            rate = "-" if not audit or audit["false_prune_rate"] is None else (
+                f"{audit['false_prune_rate']:.2f} ({audit['in_top_quarter']}/{audit['audited']})")
+            print(f"| {system} | {seed} | {' | '.join(times)} | {_cell(r['half'])} | {_cell(r['end'])} "
+                  f"| {r['trials']} | {rate} |", flush=True)
+    for system in args.systems.split(","):
+        ends = [r["end"]["test"] for r in rows if r["system"] == system and r["end"]]
+        if ends:
+            print(f"median test at end, {system}: {statistics.median(ends):.4f}")
+
+
+if __name__ == "__main__":
+    main()

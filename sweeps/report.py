@@ -23,6 +23,7 @@ from sweeps import plots
 from sweeps import study as schema
 from sweeps.errors import SweepsError
 from sweeps.storage import mask, resolve_url
+from sweeps.summary import search, search_lines
 
 # Drawn here (sweeps/plots.py); the keys are the images' names, kept from when Optuna drew these two.
 OWN = {
@@ -131,6 +132,8 @@ def _html(study: optuna.Study, config: Any, storage_url: str | None, images: dic
     tested = (f"<p>Held-out test split: trial {e(str(test.get('trial')))}'s model, accuracy {test['test_accuracy']:.4f}"
               f" on {e(str(test.get('n_test', '?')))} images ({e(str(test.get('at', '')))}).</p>"
               if isinstance(test, dict) and isinstance(test.get("test_accuracy"), (int, float)) else "")
+    decided = search_lines(search(study, trials))      # the rungs, pausing, the audit, the finalists
+    tested += f"<ul>{''.join(f'<li>{e(line)}</li>' for line in decided)}</ul>" if decided else ""
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>sweeps report: {e(study.study_name)}</title>
 <style>body{{font-family:sans-serif;max-width:1000px;margin:2em auto}}table{{border-collapse:collapse}}

@@ -17,6 +17,7 @@ from sweeps.dispatch import InlineDispatcher
 from sweeps.finalists import reserve_seconds
 from sweeps.progress import Progress
 from sweeps.recovery import Tally
+from sweeps.report import write_report
 from sweeps.rungs import fixed_rungs, place_rungs, spearman
 from sweeps.runner import run_sweep
 from sweeps.summary import best, search_lines, status
@@ -138,6 +139,8 @@ def test_finalists_retrain_the_top_configurations_and_the_best_mean_wins(tmp_pat
     assert s["counts"]["COMPLETE"] == 8     # 4 searched + 4 finalist runs, while the budget counted 4
     sweep = load_sweep("tiny", f"sqlite:///{tmp_path}/s.db")
     assert sweep.best_trial.number == winner.number and sweep.finalists[0]["config"] == 0
+    page = write_report("tiny", f"sqlite:///{tmp_path}/s.db", str(tmp_path / "report"))["html"]
+    assert "finalists, best mean first" in Path(page).read_text() and f"trial {winner.number}," in Path(page).read_text()
 
 
 def test_finalists_keep_room_in_a_timeout_and_are_skipped_among_too_few(tmp_path: Path) -> None:

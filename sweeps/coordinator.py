@@ -76,8 +76,7 @@ class Coordinator:
         self.counter = recovery.Counter(schema.maximize(study))
         self.stalls = recovery.StallWatch(config.stall_timeout)
         self.best: optuna.trial.FrozenTrial | None = None    # the best complete trial, as the counts read it
-        self.last_beat = 0.0
-        self.last_count = 0.0
+        self.last_beat = self.last_count = 0.0
         self.deferred: list[Callable[[], None]] = []   # finished trials' clean-up, after the next launch
         skipped = arrays.skipped                       # notices: said when the trials start
         self.notices = [f"skipped {len(skipped)} unreadable image(s): " + ", ".join(skipped[:3])
@@ -279,9 +278,10 @@ class Coordinator:
                                        max_retries=self.config.max_retries, skip=set(self.trials))
 
     def _queue_finalists(self) -> int:
-        """Once the search is over: the finalists' runs queued (once per study, by whichever coordinator is first)."""
+        """Once the search is over: paused trials' checkpoints freed; the finalists queued (once per study)."""
         with db.launch_lock(self.storage, self.study._study_id):
             queued = finalists.enqueue(self.study, self.config, self.study.get_trials(deepcopy=False))
+        self.pruning.release(self.checkpoints.retention if self.checkpoints else None)
         if queued:
             self._say(f"search done: the top {self.config.finalists} configurations train again, "
                       f"{self.config.finalist_seeds} more seed(s) each ({queued} runs)")

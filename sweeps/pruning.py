@@ -98,6 +98,16 @@ class Pruning:
         self.study.enqueue_trial(dict(paused.params), user_attrs=rungs.continuation_attrs(paused), skip_if_exists=False)
         return paused.number
 
+    def release(self, retention: Any) -> None:
+        """The search is over: paused trials that were not continued never will be; their checkpoints go."""
+        if retention is None or not self.pausing:
+            return
+        trials = self.study.get_trials(deepcopy=False)
+        continued = {t.user_attrs[schema.CONTINUES] for t in trials if schema.CONTINUES in t.user_attrs}
+        for t in trials:
+            if schema.PAUSED_AT in t.user_attrs and t.number not in continued and t.state == TrialState.PRUNED:
+                retention.discard(schema.config_id(t.number, t.user_attrs))
+
     def plan(self) -> rungs.RungPlan:
         assert self.rung_pruner is not None
         return self.rung_pruner.plan(first_objective(self.study))

@@ -66,6 +66,11 @@ def test_a_paused_trial_is_promoted_later_and_continues_from_its_rung_checkpoint
     assert s["search"]["continued"] == 1 and s["search"]["paused"] >= 2
     # the continuation counts instead of the paused trial: six configurations, not seven
     assert sum(s["counts"][k] for k in ("COMPLETE", "PRUNED")) == 7 and len(trials) == 7
+    # once the search is over, trials paused for good free their checkpoints; the others keep theirs
+    store = tmp_path / "store"
+    left = {int(p.name.split("-")[1].split(".")[0]) for p in store.rglob("config-*.ckpt")}
+    assert left and not left & {t.number for t in trials if schema.PAUSED_AT in t.user_attrs and t.number not in
+                                {c.user_attrs.get(schema.CONTINUES) for c in trials}}
 
 
 def test_without_pausing_asha_stops_trials_for_good(tmp_path: Path) -> None:

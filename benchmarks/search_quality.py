@@ -4,8 +4,9 @@
 
 One run per system and seed, ``--minutes`` each, 2 trials at a time with one thread each (this machine's cores):
 
-- ours: the shipped ``search_spaces/mnist.yaml`` as it is (its sampler, pruner, audit and finalists), with
-  the budget replaced by the run's minutes (the finalists must fit in them: the timeout's reserve);
+- ours: the shipped ``search_spaces/mnist.yaml`` as it is (its sampler, pruner, audit, finalists and
+  ``n_trials``), with the timeout set to the run's minutes (the finalists must fit in them: the timeout's
+  reserve);
 - random: the same YAML with ``sampler: random``, ``pruner: none``, ``finalists: 0``.
 
 Every complete trial's checkpoint is kept (``keep_best`` 1000), so any trial's model can be tested. The clock
@@ -50,7 +51,7 @@ def _config(system: str, seed: int, minutes: float, out: Path) -> Any:
     from sweeps.config import from_dict
 
     raw = yaml.safe_load((ROOT / "search_spaces" / "mnist.yaml").read_text())
-    raw.update(study=f"{system}-{seed}", seed=seed, budget={"n_trials": 1000, "timeout": minutes * 60},
+    raw.update(study=f"{system}-{seed}", seed=seed, budget={**raw.get("budget", {}), "timeout": minutes * 60},
                parallel=PARALLEL, resources={"cpus": 1, "gpus": 0}, tensorboard=False,
                checkpoints={"store": str(out / "checkpoints"), "keep_best": 1000})
     if system == "random":

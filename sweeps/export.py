@@ -13,13 +13,10 @@ original model, so a quantised model that lost accuracy is flagged.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
-import sys
 import tempfile
-import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -150,30 +147,6 @@ def _tree_size(path: str) -> int:
     return sum(os.path.getsize(os.path.join(d, f)) for d, _, files in os.walk(path) for f in files)
 
 
-@contextlib.contextmanager
-def _native_quiet() -> Iterator[None]:
-    """TensorFlow Lite's converter and interpreter print from C++ straight to the terminal ("fully_quantize:
-    0, ...", "Created TensorFlow Lite XNNPACK delegate"): not progress. Kept with --debug (SWEEPS_DEBUG)."""
-    if os.environ.get("SWEEPS_DEBUG"):
-        yield
-        return
-    sys.stdout.flush()
-    sys.stderr.flush()
-    saved = [os.dup(1), os.dup(2)]
-    null = os.open(os.devnull, os.O_WRONLY)
-    try:
-        os.dup2(null, 1)
-        os.dup2(null, 2)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")      # tf.lite.Interpreter's deprecation notice
-            yield
-    finally:
-        os.dup2(saved[0], 1)
-        os.dup2(saved[1], 2)
-        for fd in (*saved, null):
-            os.close(fd)
-
-
 def _tflite(model: Any, quantize: str, data: datasets.Arrays) -> bytes:
     import tensorflow as tf
 
@@ -190,7 +163,9 @@ def _tflite(model: Any, quantize: str, data: datasets.Arrays) -> bytes:
             converter.optimizations = [tf.lite.Optimize.DEFAULT]
             converter.representative_dataset = lambda: ([sample[i:i + 1]] for i in range(len(sample)))
             converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-        with _native_quiet():
+        from sweeps.trained import native_quiet
+
+        with native_quiet():
             return converter.convert()
 
 
@@ -198,7 +173,9 @@ def tflite_predict(path: str) -> Callable[[np.ndarray], np.ndarray]:
     """Run a .tflite file with the TFLite interpreter, one image at a time."""
     import tensorflow as tf
 
-    with _native_quiet():
+    from sweeps.trained import native_quiet
+
+    with native_quiet():
         interpreter = tf.lite.Interpreter(model_path=path)
         interpreter.allocate_tensors()
         inp, outp = interpreter.get_input_details()[0], interpreter.get_output_details()[0]

@@ -7,8 +7,11 @@ never does.
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Callable
+import sys
+import warnings
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,6 +31,39 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")    # TensorFlow's start-up ch
 Say = Callable[[str], None]
 
 
+@contextlib.contextmanager
+def native_quiet() -> Iterator[None]:
+    """C++ code that prints straight to the terminal, silenced: TensorFlow's start-up (on a CPU with oneDNN,
+    TensorFlow 2.21 prints two absl lines at import whatever TF_CPP_MIN_LOG_LEVEL says), TensorFlow Lite's
+    converter and interpreter ("fully_quantize: 0, ...", "Created TensorFlow Lite XNNPACK delegate"): not
+    progress. Kept with --debug (SWEEPS_DEBUG)."""
+    if os.environ.get("SWEEPS_DEBUG"):
+        yield
+        return
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = [os.dup(1), os.dup(2)]
+    null = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(null, 1)
+        os.dup2(null, 2)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")      # tf.lite.Interpreter's deprecation notice
+            yield
+    finally:
+        os.dup2(saved[0], 1)
+        os.dup2(saved[1], 2)
+        for fd in (*saved, null):
+            os.close(fd)
+
+
+def import_keras() -> None:
+    """Keras, and the framework under it, imported once with its start-up lines silenced (``native_quiet``)."""
+    if "keras" not in sys.modules:
+        with native_quiet():
+            import keras  # noqa: F401
+
+
 @dataclass
 class Trained:
     study: optuna.Study
@@ -45,6 +81,7 @@ def load_trained(study_name: str, storage_url: str | None, number: int | None = 
     config = schema.load_config(study)
     trial = pick_trial(study, number)
     data = load_data(config, study_name, say)
+    import_keras()
     weights, source = _kept_weights(study, config, trial)
     if weights is None:
         say(f"no checkpoint kept for trial {trial.number}: retraining it ({config.epochs} epochs, seed "
@@ -178,6 +215,7 @@ def rerun(study_name: str, storage_url: str | None, number: int, *, say: Say = l
     config = schema.load_config(study)
     trial = pick_trial(study, number)
     data = load_data(config, study_name, say)
+    import_keras()
     epochs = config.epochs if config.dataset.folds else int(trial.user_attrs.get(schema.EPOCHS_RUN, config.epochs))
     say(f"retraining trial {number}: {epochs} epochs, seed {trial.user_attrs.get(schema.SEED)}")
     _, value = retrain(config, trial, data, epochs)

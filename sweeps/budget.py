@@ -43,12 +43,15 @@ class Budget:
         (a new one only while the time left exceeds what the finalists need: ``reserve`` seconds)."""
         if not self.open(tally):
             return False
-        p, timeout = self.progress, self.config.timeout
         if tally.waiting > 0:
             return True
-        if timeout is not None and self.reserve and p.elapsed >= timeout - self.reserve:
-            return False
-        return tally.finished + tally.running < p.n_trials
+        p = self.progress
+        return not self.in_reserve() and tally.finished + tally.running < p.n_trials
+
+    def in_reserve(self) -> bool:
+        """The timeout's last ``reserve`` seconds: the finalists' time, when no new trial starts."""
+        timeout = self.config.timeout
+        return timeout is not None and self.reserve > 0 and self.progress.elapsed >= timeout - self.reserve
 
     def open(self, tally: Tally) -> bool:
         """No stop asked for, and no time, GPU or failure budget spent."""

@@ -10,6 +10,7 @@ coordinators are failed and queued again; failures retry from checkpoints.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 import os
@@ -162,8 +163,7 @@ class Coordinator:
         self.progress.last = line
         self.on_progress(self.progress)
 
-    def _note(self, line: str) -> None:
-        """A line for the display's next update (no update of its own)."""
+    def _note(self, line: str) -> None:       # a line for the display's next update (no update of its own)
         self.progress.last = line
 
     # -- the named steps ----------------------------------------------------------------------
@@ -277,14 +277,13 @@ class Coordinator:
             return recovery.fail_stale(self.study, self.storage, stale, grace_period=self.config.grace_period,
                                        max_retries=self.config.max_retries, skip=set(self.trials))
 
-    def _queue_finalists(self) -> int:
-        """Once the search is over: paused trials' checkpoints freed; the finalists queued (once per study)."""
-        with db.launch_lock(self.storage, self.study._study_id):
+    def _queue_finalists(self, locked: bool = False) -> int:
+        """Search over (or a timeout's reserve reached): paused checkpoints freed, finalists queued once."""
+        with contextlib.nullcontext() if locked else db.launch_lock(self.storage, self.study._study_id):
             queued = finalists.enqueue(self.study, self.config, self.study.get_trials(deepcopy=False))
         self.pruning.release(self.checkpoints.retention if self.checkpoints else None)
         if queued:
-            self._say(f"search done: the top {self.config.finalists} configurations train again, "
-                      f"{self.config.finalist_seeds} more seed(s) each ({queued} runs)")
+            self._say(f"search done: the top configurations train again with more seeds ({queued} runs)")
         return queued
 
     # -- one trial: launch, relay, tell -------------------------------------------------------
@@ -292,7 +291,8 @@ class Coordinator:
         """Under the study's launch lock: count, and ask only if the shared budget has room."""
         with db.launch_lock(self.storage, self.study._study_id):
             tally = self._count()
-            if self.budget.open(tally) and self.pruning.promote() is not None:     # promotions go first
+            if self.budget.open(tally) and (self.pruning.promote() is not None     # promotions go first
+                                            or self.budget.in_reserve() and self._queue_finalists(locked=True)):
                 tally = self._count()
             if not self.budget.may_launch(tally):
                 return None

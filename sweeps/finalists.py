@@ -58,8 +58,9 @@ def enqueue(study: optuna.Study, config: SweepConfig, trials: list[FrozenTrial])
 
 def reserve_seconds(config: SweepConfig, durations: list[float]) -> float:
     """Time kept free at the end of a timeout for the finalists: their runs, ``parallel`` at a time, each as long
-    as the median complete trial so far (0 before any trial completed)."""
+    as the median complete trial so far, plus half a trial for the running ones to end (0 before any trial
+    completed). The finalists are queued once the reserve begins, from the trials complete by then."""
     if config.finalists <= 0 or not durations or config.timeout is None:
         return 0.0
     rounds = math.ceil(config.finalists * config.finalist_seeds / max(1, config.parallel))
-    return rounds * statistics.median(durations)
+    return (rounds + 0.5) * statistics.median(durations)

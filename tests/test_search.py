@@ -153,7 +153,7 @@ def test_finalists_retrain_the_top_configurations_and_the_best_mean_wins(tmp_pat
 
 def test_finalists_keep_room_in_a_timeout_and_are_skipped_among_too_few(tmp_path: Path) -> None:
     config = _config(tmp_path, budget={"n_trials": 50, "timeout": 100}, parallel=2, finalists={"count": 3, "seeds": 2})
-    assert reserve_seconds(config, [10.0, 30.0, 20.0]) == 3 * 20.0      # 6 runs, 2 at a time, median 20 s
+    assert reserve_seconds(config, [10.0, 30.0, 20.0]) == 3.5 * 20.0    # 6 runs, 2 at a time, median 20 s
     budget = Budget(config, Progress("tiny", 50, timeout=100))
     budget.reserve = 60.0
     budget.progress.started -= 45                                       # 45 s in: 55 s left, less than 60
@@ -161,6 +161,18 @@ def test_finalists_keep_room_in_a_timeout_and_are_skipped_among_too_few(tmp_path
     assert budget.may_launch(Tally(complete=3, waiting=6))             # the finalists' runs still start
     trials = _run(tmp_path, Scripted(), budget={"n_trials": 2}, finalists=3)
     assert len(trials) == 2 and not any(schema.FINALIST_OF in t.user_attrs for t in trials)
+
+
+def test_under_a_timeout_the_finalists_start_when_its_reserve_begins(tmp_path: Path) -> None:
+    trials = _run(tmp_path, Scripted(delay=0.05), budget={"n_trials": 1000, "timeout": 4}, parallel=2,
+                  finalists={"count": 1, "seeds": 1})
+    runs = [t for t in trials if schema.FINALIST_OF in t.user_attrs]
+    searched = [t for t in trials if schema.FINALIST_OF not in t.user_attrs]
+    assert len(runs) == 1 and runs[0].state == TS.COMPLETE and len(searched) >= 4
+    start = min(t.datetime_start for t in trials)
+    assert (runs[0].datetime_start - start).total_seconds() < 4            # inside the timeout
+    chosen = trials[runs[0].user_attrs[schema.FINALIST_OF]]                 # chosen among those complete by then
+    assert chosen.state == TS.COMPLETE and chosen.datetime_complete <= runs[0].datetime_start
 
 
 def test_a_one_class_epoch_is_recorded_said_and_named_in_the_prune_reason(tmp_path: Path) -> None:

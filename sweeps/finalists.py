@@ -57,10 +57,14 @@ def enqueue(study: optuna.Study, config: SweepConfig, trials: list[FrozenTrial])
 
 
 def reserve_seconds(config: SweepConfig, durations: list[float]) -> float:
-    """Time kept free at the end of a timeout for the finalists: their runs, ``parallel`` at a time, each as long
-    as the median complete trial so far, plus half a trial for the running ones to end (0 before any trial
-    completed). The finalists are queued once the reserve begins, from the trials complete by then."""
+    """Time kept free at the end of a timeout for the finalists: a median trial for the trials running when it
+    begins to end, then the finalists' runs, ``parallel`` at a time, each as long as the upper quartile of the
+    complete trials so far (the best configurations are often the slower ones; 0 before any trial completed).
+    The finalists are queued once the reserve begins, from the trials complete by then. Measured: with half a
+    median trial for the running ones, a 20-minute MNIST sweep started its last finalist with 155 s left for a
+    278-s configuration."""
     if config.finalists <= 0 or not durations or config.timeout is None:
         return 0.0
     rounds = math.ceil(config.finalists * config.finalist_seeds / max(1, config.parallel))
-    return (rounds + 0.5) * statistics.median(durations)
+    long = statistics.quantiles(durations, n=4, method="inclusive")[2] if len(durations) > 1 else durations[0]
+    return statistics.median(durations) + rounds * long

@@ -153,7 +153,8 @@ def test_finalists_retrain_the_top_configurations_and_the_best_mean_wins(tmp_pat
 
 def test_finalists_keep_room_in_a_timeout_and_are_skipped_among_too_few(tmp_path: Path) -> None:
     config = _config(tmp_path, budget={"n_trials": 50, "timeout": 100}, parallel=2, finalists={"count": 3, "seeds": 2})
-    assert reserve_seconds(config, [10.0, 30.0, 20.0]) == 3.5 * 20.0    # 6 runs, 2 at a time, median 20 s
+    assert reserve_seconds(config, [10.0, 30.0, 20.0]) == 20.0 + 3 * 25.0   # a median trial, then 6 runs 2 at a time
+    assert reserve_seconds(config, [40.0]) == 40.0 + 3 * 40.0                # of the upper quartile's length
     budget = Budget(config, Progress("tiny", 50, timeout=100))
     budget.reserve = 60.0
     budget.progress.started -= 45                                       # 45 s in: 55 s left, less than 60

@@ -3,6 +3,7 @@ continued from its checkpoint, rungs placed by the data, the prune audit, finali
 
 from __future__ import annotations
 
+import datetime
 from pathlib import Path
 from typing import Any
 
@@ -153,8 +154,17 @@ def test_finalists_retrain_the_top_configurations_and_the_best_mean_wins(tmp_pat
 
 def test_finalists_keep_room_in_a_timeout_and_are_skipped_among_too_few(tmp_path: Path) -> None:
     config = _config(tmp_path, budget={"n_trials": 50, "timeout": 100}, parallel=2, finalists={"count": 3, "seeds": 2})
-    assert reserve_seconds(config, [10.0, 30.0, 20.0]) == 20.0 + 3 * 25.0   # a median trial, then 6 runs 2 at a time
-    assert reserve_seconds(config, [40.0]) == 40.0 + 3 * 40.0                # of the upper quartile's length
+    # a trial of the upper quartile for the running ones, then 6 runs 2 at a time of the slowest complete one
+    assert reserve_seconds(config, [10.0, 30.0, 20.0], [], True) == 25.0 + 3 * 30.0
+    assert reserve_seconds(config, [40.0], [], True) == 40.0 + 3 * 40.0
+    done = []                                                           # or of the slowest configuration chosen now
+    for number, (value, seconds) in enumerate(((0.9, 50.0), (0.8, 10.0), (0.7, 10.0), (0.6, 10.0))):
+        t = optuna.trial.create_trial(value=value)
+        t.number = number
+        t.datetime_start = t.datetime_complete - datetime.timedelta(seconds=seconds)
+        done.append(t)
+    assert reserve_seconds(config, [50.0, 10.0, 10.0, 10.0], done, True) == 20.0 + 3 * 50.0
+    assert reserve_seconds(config, [50.0, 10.0, 10.0, 10.0], done, False) == 20.0 + 3 * 10.0
     budget = Budget(config, Progress("tiny", 50, timeout=100))
     budget.reserve = 60.0
     budget.progress.started -= 45                                       # 45 s in: 55 s left, less than 60

@@ -22,6 +22,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from sweeps import study as schema
 from sweeps.config import SweepConfig
+from sweeps.recovery import trial_seconds
 
 
 def candidates(trials: list[FrozenTrial], count: int, maximize: bool) -> list[FrozenTrial]:
@@ -68,11 +69,5 @@ def reserve_seconds(config: SweepConfig, durations: list[float], trials: list[Fr
         return 0.0
     rounds = math.ceil(config.finalists * config.finalist_seeds / max(1, config.parallel))
     trial = statistics.quantiles(durations, n=4, method="inclusive")[2] if len(durations) > 1 else durations[0]
-    chosen = [_seconds(t) for t in candidates(trials, config.finalists, maximize)]
+    chosen = [trial_seconds(t) for t in candidates(trials, config.finalists, maximize)]
     return trial + rounds * max(chosen or durations)
-
-
-def _seconds(t: FrozenTrial) -> float:
-    if t.datetime_start is None or t.datetime_complete is None:
-        return 0.0
-    return (t.datetime_complete - t.datetime_start).total_seconds()

@@ -161,7 +161,8 @@ class StallWatch:
                 if now - last > limit + (self.FIRST_REPORT if number in self.silent else 0.0)]
 
 
-def _seconds(t: FrozenTrial) -> float:
+def trial_seconds(t: FrozenTrial) -> float:
+    """A finished trial's wall time (0 without both timestamps)."""
     if t.datetime_start is None or t.datetime_complete is None:
         return 0.0
     return max(0.0, (t.datetime_complete - t.datetime_start).total_seconds())
@@ -208,7 +209,7 @@ class Counter:
             self.counts.complete += 1
             if first_value(t) is not None:
                 self.completed.append(t)
-                self.durations.append(_seconds(t))
+                self.durations.append(trial_seconds(t))
                 if self._better(t, self.best):
                     self.best = t
         elif t.state == TrialState.PRUNED:
@@ -217,8 +218,7 @@ class Counter:
         else:
             self.counts.failed += 1
             self.fails.add(t.number)
-        if t.datetime_start is not None and t.datetime_complete is not None:
-            self.seconds += max(0.0, (t.datetime_complete - t.datetime_start).total_seconds())
+        self.seconds += trial_seconds(t)
 
     def update(self, trials: list[FrozenTrial]) -> tuple[Tally, FrozenTrial | None, float]:
         """The tally, the best complete trial and the GPU-unweighted seconds of ``trials`` (the whole study)."""

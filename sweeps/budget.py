@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from optuna.trial import FrozenTrial, TrialState
 
-from sweeps import space
+from sweeps import finalists, space
 from sweeps.config import SweepConfig
 from sweeps.progress import Progress
 from sweeps.recovery import Tally
@@ -24,6 +24,7 @@ class Budget:
         self.progress = progress
         self.failed_out = False           # stopped by budget.max_failed_trials
         self.reserve = 0.0                # seconds of the timeout kept for the finalists (finalists.reserve_seconds)
+        self.reserve_from = 0             # complete trials the reserve was computed from
 
     @staticmethod
     def trials(config: SweepConfig) -> int:
@@ -47,6 +48,13 @@ class Budget:
             return True
         p = self.progress
         return not self.in_reserve() and tally.finished + tally.running < p.n_trials
+
+    def plan_reserve(self, durations: list[float], trials: list[FrozenTrial], maximize: bool) -> None:
+        """The finalists' reserve, recomputed only when another trial completed: it rests on the complete trials
+        alone, and choosing the candidates is a pass over the whole study (not one per count)."""
+        if len(durations) != self.reserve_from:
+            self.reserve_from = len(durations)
+            self.reserve = finalists.reserve_seconds(self.config, durations, trials, maximize)
 
     def in_reserve(self) -> bool:
         """The timeout's last ``reserve`` seconds: the finalists' time, when no new trial starts."""

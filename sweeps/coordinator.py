@@ -242,7 +242,7 @@ class Coordinator:
         self.last_count = time.monotonic()
         trials = self._db(lambda: self.study.get_trials(deepcopy=False))
         tally, best, seconds = self.counter.update(trials)
-        self.budget.reserve = finalists.reserve_seconds(self.config, self.counter.durations, trials, self.counter.maximize)
+        self.budget.plan_reserve(self.counter.durations, trials, self.counter.maximize)
         if self.config.gpu_hours is not None:
             p.gpu_hours = seconds * self.config.gpus / 3600.0
         p.complete, p.pruned, p.failed = tally.complete, tally.pruned, tally.failed

@@ -13,6 +13,7 @@ import importlib.util
 import logging
 import os
 import socket
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -159,15 +160,48 @@ def start_ray(address: str | None, backend: str = "tensorflow") -> None:
     kwargs: dict[str, Any] = {"logging_level": logging.ERROR, "log_to_driver": False, "include_dashboard": False,
                               "configure_logging": True}
     try:
-        if address:
+        if address and address.startswith("ray://"):
+            client_init(address, kwargs)
+        elif address:
             ray.init(address=address, **kwargs)
         else:
             with without_credentials():       # the local Ray's processes, and so every trial, start without them
                 ray.init(address="local", _node_ip_address="127.0.0.1", **kwargs)
     except (ConnectionError, RuntimeError, ValueError) as e:
         where = address or "a local Ray instance"
-        raise SweepsError(f"cannot start or reach Ray at {where}: {first_line(e)}; check --ray-address "
+        raise SweepsError(f"cannot start or reach Ray at {where}: {reason(e)}; check --ray-address "
                           "or leave it out for a local Ray") from None
+
+
+CLIENT_TRIES = 2
+
+
+def client_init(address: str, kwargs: dict[str, Any]) -> None:
+    """Ray Client, tried again when the head's proxy could not start this driver's server process in time.
+
+    The proxy starts one server process per client and gives it 30 s to
+    answer; on a busy head that start fails now and then, and a second one
+    succeeds (seen in CI while trials trained on the same two cores).
+    """
+    import ray
+
+    for attempt_no in range(1, CLIENT_TRIES + 1):
+        try:
+            ray.init(address=address, **kwargs)
+            return
+        except ConnectionAbortedError:      # "Initialization failure from server": the head answered, then failed
+            ray.shutdown()
+            if attempt_no == CLIENT_TRIES:
+                raise
+            time.sleep(2 * attempt_no)
+
+
+def reason(e: BaseException) -> str:
+    """The line that says why: Ray Client's init failures carry the head's traceback, whose last line does."""
+    lines = [line.strip() for line in str(e).strip().splitlines() if line.strip()]
+    if len(lines) > 1 and lines[0].startswith("Initialization failure from server"):
+        return f"{lines[0]} {lines[-1]}"
+    return first_line(e)
 
 
 def check_address(address: str | None) -> None:

@@ -110,6 +110,12 @@ def _elsewhere(netns: Netns, hidden: Path, *args: str, cwd: Path) -> subprocess.
                           stdin=subprocess.DEVNULL)
 
 
+def _client_server_logs(head_folder: Path) -> str:
+    """The ends of the head's Ray Client server logs, for a failure's message."""
+    logs = sorted(head_folder.glob("session_latest/logs/ray_client_server*.err"))
+    return "".join(f"\n--- {log.name}\n" + log.read_text(errors="replace")[-1500:] for log in logs)
+
+
 def test_the_cluster_recipe_from_a_machine_that_is_no_ray_node(remote_head: tuple[Netns, str, str, Path],
                                                                tmp_path: Path) -> None:
     """The README's cluster recipe run from a machine with no Ray node of its own (the compose sweep service):
@@ -126,7 +132,7 @@ def test_the_cluster_recipe_from_a_machine_that_is_no_ray_node(remote_head: tupl
 
     done = _elsewhere(netns, head_folder, "run", str(space), "--storage", url, "--ray-address", client, "--quiet",
                       cwd=tmp_path)
-    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.returncode == 0, done.stderr[-3000:] + _client_server_logs(head_folder)
     trials = optuna.load_study(study_name="far", storage=url).get_trials()
     assert [t.state for t in trials] == [optuna.trial.TrialState.COMPLETE] * 2
     assert {t.user_attrs["node_ip"] for t in trials} == {netns.outer_ip}      # trained on the head's machine

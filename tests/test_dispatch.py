@@ -122,3 +122,16 @@ def test_stop_one_trial_leaves_the_others_running(dispatcher: Dispatcher) -> Non
     assert {x.number for x in seen} == {1}, "the stopped trial says nothing more"
     assert [x for x in seen if isinstance(x, TrialResult)][0].state == TrialState.COMPLETE
     wait_for(lambda: dispatcher.idle() == 2, "both slots free again", timeout=30)
+
+
+def test_a_ray_client_init_failure_names_the_heads_reason_in_one_line() -> None:
+    """Ray Client's init failures carry the head's whole traceback; the one line we print keeps its last line,
+    which says why (seen in CI: the head's proxy timed out starting the driver's server process)."""
+    from sweeps.raydispatch import reason
+
+    failure = ConnectionAbortedError(
+        "Initialization failure from server:\nTraceback (most recent call last):\n  File \"proxier.py\", line 777\n"
+        "RuntimeError: Proxy failed to Connect to backend! Check `ray_client_server.err`\n")
+    assert reason(failure) == ("Initialization failure from server: RuntimeError: Proxy failed to Connect to "
+                               "backend! Check `ray_client_server.err`")
+    assert reason(ConnectionError("ray client connection timeout\nmore")) == "ray client connection timeout"

@@ -7,7 +7,8 @@ One run per system and seed, ``--minutes`` each, 2 trials at a time with one thr
 - ours: the shipped ``search_spaces/mnist.yaml`` as it is (its sampler, pruner, audit, finalists and
   ``n_trials``), with the timeout set to the run's minutes (the finalists must fit in them: the timeout's
   reserve);
-- random: the same YAML with ``sampler: random``, ``pruner: none``, ``finalists: 0``.
+- random: the same YAML with ``sampler: random``, ``pruner: none``, ``finalists: 0`` and no ``seed_trials``
+  (random search: its first trials are the random draws); ``random-seeded`` keeps the YAML's seed trials.
 
 Every complete trial's checkpoint is kept (``keep_best`` 1000), so any trial's model can be tested. The clock
 starts when ``run_sweep`` is called (Ray and TensorFlow start-up included); at ``--minutes`` the sweep is
@@ -54,8 +55,10 @@ def _config(system: str, seed: int, minutes: float, out: Path) -> Any:
     raw.update(study=f"{system}-{seed}", seed=seed, budget={**raw.get("budget", {}), "timeout": minutes * 60},
                parallel=PARALLEL, resources={"cpus": 1, "gpus": 0}, tensorboard=False,
                checkpoints={"store": str(out / "checkpoints"), "keep_best": 1000})
-    if system == "random":
+    if system.startswith("random"):
         raw.update(sampler={"name": "random"}, pruner={"name": "none"}, finalists=0)
+    if system == "random":
+        raw.pop("seed_trials", None)
     return from_dict(raw, source="benchmark")
 
 
@@ -133,8 +136,30 @@ def run(system: str, seed: int, minutes: float, out: Path) -> dict[str, Any]:
         trained = load_trained(config.study, url, chosen.number)
         result[label] = {"trial": chosen.number, "val": schema.first_value(chosen),
                          "test": evaluate(trained)["accuracy"], "source": trained.source}
+    result["per_trial"] = _per_trial(config, url, trials, wall)
     (out / f"{system}-{seed}.json").write_text(json.dumps(result, indent=2, default=str))
     return result
+
+
+def _per_trial(config: Any, url: str, trials: list[Any], wall: datetime.datetime) -> list[dict[str, Any]]:
+    """Every complete trial: its configuration, validation value, start and end (seconds into the run) and
+    held-out test accuracy, to see what the search tried and what selection noise costs."""
+    from sweeps import study as schema
+    from sweeps.trained import evaluate, load_trained
+
+    rows = []
+    for t in trials:
+        if t.state.name != "COMPLETE" or not t.values:
+            continue
+        row = {"trial": t.number, "params": t.params, "val": schema.first_value(t),
+               "start": round((t.datetime_start - wall).total_seconds(), 1),
+               "end": round((t.datetime_complete - wall).total_seconds(), 1)}
+        try:
+            row["test"] = evaluate(load_trained(config.study, url, t.number))["accuracy"]
+        except Exception as e:          # a trial whose checkpoint is gone: say so, keep the others
+            row["test"] = f"not evaluated: {e}"
+        rows.append(row)
+    return rows
 
 
 def _cell(row: dict[str, Any] | None) -> str:

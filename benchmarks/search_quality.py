@@ -104,7 +104,6 @@ def run(system: str, seed: int, minutes: float, out: Path) -> dict[str, Any]:
     from sweeps import study as schema
     from sweeps.runner import run_sweep
     from sweeps.summary import search
-    from sweeps.trained import evaluate, load_trained
 
     out.mkdir(parents=True, exist_ok=True)
     db = out / f"{system}-{seed}.db"
@@ -128,22 +127,20 @@ def run(system: str, seed: int, minutes: float, out: Path) -> dict[str, Any]:
     result["trials"] = len([t for t in trials if t.datetime_start is not None])
     result["states"] = schema.state_counts(trials)
     result["search"] = search(study, trials)
+    result["per_trial"] = _per_trial(config, url, trials, wall)
+    tested = {row["trial"]: row for row in result["per_trial"]}
     for label, seconds in (("half", minutes * 30), ("end", minutes * 60)):
         chosen = handed_over(trials, wall + datetime.timedelta(seconds=seconds), schema.maximize(study))
-        if chosen is None:
-            result[label] = None
-            continue
-        trained = load_trained(config.study, url, chosen.number)
-        result[label] = {"trial": chosen.number, "val": schema.first_value(chosen),
-                         "test": evaluate(trained)["accuracy"], "source": trained.source}
-    result["per_trial"] = _per_trial(config, url, trials, wall)
+        result[label] = None if chosen is None else {k: tested[chosen.number][k] for k in ("trial", "val", "test",
+                                                                                           "source")}
     (out / f"{system}-{seed}.json").write_text(json.dumps(result, indent=2, default=str))
     return result
 
 
 def _per_trial(config: Any, url: str, trials: list[Any], wall: datetime.datetime) -> list[dict[str, Any]]:
-    """Every complete trial: its configuration, validation value, start and end (seconds into the run) and
-    held-out test accuracy, to see what the search tried and what selection noise costs."""
+    """Every complete trial (the handed-over ones among them, tested once): its configuration, validation
+    value, start and end (seconds into the run), held-out test accuracy and the checkpoint it was read from,
+    to see what the search tried and what selection noise costs."""
     from sweeps import study as schema
     from sweeps.trained import evaluate, load_trained
 
@@ -151,14 +148,11 @@ def _per_trial(config: Any, url: str, trials: list[Any], wall: datetime.datetime
     for t in trials:
         if t.state.name != "COMPLETE" or not t.values:
             continue
-        row = {"trial": t.number, "params": t.params, "val": schema.first_value(t),
-               "start": round((t.datetime_start - wall).total_seconds(), 1),
-               "end": round((t.datetime_complete - wall).total_seconds(), 1)}
-        try:
-            row["test"] = evaluate(load_trained(config.study, url, t.number))["accuracy"]
-        except Exception as e:          # a trial whose checkpoint is gone: say so, keep the others
-            row["test"] = f"not evaluated: {e}"
-        rows.append(row)
+        trained = load_trained(config.study, url, t.number)
+        rows.append({"trial": t.number, "params": t.params, "val": schema.first_value(t),
+                     "start": round((t.datetime_start - wall).total_seconds(), 1),
+                     "end": round((t.datetime_complete - wall).total_seconds(), 1),
+                     "test": evaluate(trained)["accuracy"], "source": trained.source})
     return rows
 
 

@@ -56,6 +56,11 @@ class Budget:
             self.reserve_from = len(durations)
             self.reserve = finalists.reserve_seconds(self.config, durations, trials, maximize)
 
+    def time_left(self) -> float | None:
+        """Seconds to the timeout, or None without one."""
+        timeout = self.config.timeout
+        return None if timeout is None else max(0.0, timeout - self.progress.elapsed)
+
     def in_reserve(self) -> bool:
         """The timeout's last ``reserve`` seconds: the finalists' time, when no new trial starts."""
         timeout = self.config.timeout

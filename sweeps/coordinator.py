@@ -278,13 +278,13 @@ class Coordinator:
                                        max_retries=self.config.max_retries, skip=set(self.trials))
 
     def _queue_finalists(self, locked: bool = False) -> int:
-        """Search over (or a timeout's reserve reached): paused checkpoints freed, finalists queued once."""
+        """Search over (or a timeout's reserve reached): paused checkpoints freed, finalists (then late joiners) queued."""
         with contextlib.nullcontext() if locked else db.launch_lock(self.storage, self.study._study_id):
-            queued = finalists.enqueue(self.study, self.config, self.study.get_trials(deepcopy=False))
+            runs, line = finalists.queue(self.study, self.config, self.study.get_trials(deepcopy=False), self.budget.time_left())
         self.pruning.release(self.checkpoints.retention if self.checkpoints else None)
-        if queued:
-            self._say(f"search done: the top configurations train again with more seeds ({queued} runs)")
-        return queued
+        if line:
+            self._say(line)
+        return runs
 
     # -- one trial: launch, relay, tell -------------------------------------------------------
     def _launch(self) -> TrialSpec | None:

@@ -56,12 +56,13 @@ def search(study: optuna.Study, trials: list[optuna.trial.FrozenTrial]) -> dict[
     """How the search decided: the rungs and what they rest on, pausing, the audit, the finalists."""
     maximize = schema.maximize(study)
     continued = {t.user_attrs[schema.CONTINUES] for t in trials if schema.CONTINUES in t.user_attrs}
+    late = (study.user_attrs.get(schema.FINALISTS_ATTR) or {}).get("late", [])
     return {
         "rungs": study.user_attrs.get(schema.RUNGS_ATTR),
         "paused": sum(schema.PAUSED_AT in t.user_attrs for t in trials), "continued": len(continued),
         "audit": audit_summary(trials, maximize),
         "finalists": [{"config": row["config"], "trial": row["trial"].number, "mean": row["mean"], "std": row["std"],
-                       "values": row["values"], "trials": row["trials"]}
+                       "values": row["values"], "trials": row["trials"], "late": row["config"] in late}
                       for row in schema.standings(trials, maximize)],
     }
 
@@ -81,7 +82,7 @@ def search_lines(s: dict[str, Any]) -> list[str]:
     if s["finalists"]:
         lines.append("finalists, best mean first (mean ± sd over seeds): " + "; ".join(
             f"configuration {f['config']}: {f['mean']:.4f} ± {f['std']:.4f} (n={len(f['values'])}, handed over: "
-            f"trial {f['trial']})" for f in s["finalists"]))
+            f"trial {f['trial']}{', joined late' if f.get('late') else ''})" for f in s["finalists"]))
     return lines
 
 

@@ -15,13 +15,13 @@ from sweeps.api import load_sweep
 from sweeps.budget import Budget
 from sweeps.config import SweepConfig, from_dict
 from sweeps.dispatch import InlineDispatcher
-from sweeps.finalists import reserve_seconds
+from sweeps.finalists import admit_late, enqueue, reserve_seconds
 from sweeps.progress import Progress
 from sweeps.recovery import Tally
 from sweeps.report import write_report
 from sweeps.rungs import fixed_rungs, lower_bound, place_rungs, spearman
 from sweeps.runner import run_sweep
-from sweeps.summary import best, search_lines, status
+from sweeps.summary import best, search, search_lines, status
 from tests.helpers import TINY_SPACE
 from tests.scripted import Scripted, curve
 
@@ -184,6 +184,38 @@ def test_under_a_timeout_the_finalists_start_when_its_reserve_begins(tmp_path: P
     assert (runs[0].datetime_start - start).total_seconds() < 4            # inside the timeout
     chosen = trials[runs[0].user_attrs[schema.FINALIST_OF]]                 # chosen among those complete by then
     assert chosen.state == TS.COMPLETE and chosen.datetime_complete <= runs[0].datetime_start
+
+
+def test_a_configuration_completing_after_the_finalists_were_chosen_joins_them_while_its_runs_fit(
+        tmp_path: Path) -> None:
+    config = _config(tmp_path, budget={"n_trials": 50, "timeout": 100}, parallel=2, finalists={"count": 2, "seeds": 1})
+    study = optuna.create_study(study_name="late", storage=f"sqlite:///{tmp_path}/late.db", direction="maximize")
+    lr = optuna.distributions.FloatDistribution(1e-6, 1e-1, log=True)
+
+    def complete(value: float, seconds: float) -> None:
+        t = optuna.trial.create_trial(value=value, params={"learning_rate": value / 10}, distributions={"learning_rate": lr})
+        t.datetime_start = t.datetime_complete - datetime.timedelta(seconds=seconds)
+        study.add_trial(t)
+
+    for value in (0.9, 0.8, 0.7, 0.6):
+        complete(value, 10.0)
+    assert enqueue(study, config, study.get_trials()) == 2                 # configurations 0 and 1, one run each
+    complete(0.5, 20.0)                                                    # trial 6: late, not among the top 2
+    complete(0.85, 20.0)                                                   # trial 7: late, above configuration 1
+    assert admit_late(study, config, study.get_trials(), None) == []       # no timeout: nobody comes late
+    assert admit_late(study, config, study.get_trials(), 39.0) == []       # 2 runs wait: 2 rounds of 20 s
+    assert admit_late(study, config, study.get_trials(), 40.0) == [7]
+    assert admit_late(study, config, study.get_trials(), 1000.0) == []     # once
+    assert study.user_attrs[schema.FINALISTS_ATTR] == {"configs": [0, 1, 7], "seeds": 1, "late": [7]}
+    waiting = study.get_trials(states=(TS.WAITING,))
+    assert [t.user_attrs[schema.FINALIST_OF] for t in waiting] == [0, 1, 7]
+    assert waiting[2].system_attrs["fixed_params"] == study.trials[7].params           # its configuration again
+    for runs_value in (0.88, 0.7, 0.86):                                   # the finalists' runs, in queue order
+        study.tell(study.ask(), runs_value)
+    rows = search(study, study.get_trials())["finalists"]
+    assert [(r["config"], r["late"]) for r in rows] == [(0, False), (7, True), (1, False)]
+    assert rows[1]["values"] == [0.85, 0.86]
+    assert "trial 8, joined late" in " ".join(search_lines(search(study, study.get_trials())))
 
 
 def test_a_one_class_epoch_is_recorded_said_and_named_in_the_prune_reason(tmp_path: Path) -> None:

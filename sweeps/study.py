@@ -164,13 +164,12 @@ def best_trial(study: optuna.Study) -> optuna.trial.FrozenTrial | None:
 
 def standings(trials: list[optuna.trial.FrozenTrial], maximize: bool) -> list[dict[str, Any]]:
     """The finalists, best mean first: each configuration's values over its seeds, their mean and spread, and
-    the trial handed over (its run with the best value). Empty before any finalist run completed."""
-    groups: dict[int, list[optuna.trial.FrozenTrial]] = {}
-    for t in trials:
-        if FINALIST_OF in t.user_attrs:
-            groups.setdefault(int(t.user_attrs[FINALIST_OF]), [])
-    if not any(t.state == optuna.trial.TrialState.COMPLETE and FINALIST_OF in t.user_attrs for t in trials):
-        return []
+    the trial handed over (its run with the best value). Only configurations with a finished finalist run stand:
+    one whose runs were cut (a timeout) would compete with its search run alone, a value chosen for being high,
+    against the others' means. Equal means (values over 1,001 images tie often) go to the smaller spread."""
+    groups: dict[int, list[optuna.trial.FrozenTrial]] = {
+        int(t.user_attrs[FINALIST_OF]): [] for t in trials
+        if FINALIST_OF in t.user_attrs and t.state == optuna.trial.TrialState.COMPLETE}
     for t in trials:
         origin = int(t.user_attrs.get(FINALIST_OF, config_id(t.number, t.user_attrs)))
         if origin in groups and t.state == optuna.trial.TrialState.COMPLETE and t.values and feasible(t):
@@ -186,7 +185,7 @@ def standings(trials: list[optuna.trial.FrozenTrial], maximize: bool) -> list[di
         chosen = max(runs, key=lambda t: (sign * t.values[0], -t.number))
         table.append({"config": origin, "trial": chosen, "values": values, "mean": mean, "std": spread,
                       "trials": [t.number for t in runs]})
-    return sorted(table, key=lambda row: (-sign * row["mean"], row["config"]))
+    return sorted(table, key=lambda row: (-sign * round(row["mean"], 9), row["std"], row["config"]))
 
 
 def pareto_front(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:

@@ -203,19 +203,23 @@ def test_a_configuration_completing_after_the_finalists_were_chosen_joins_them_w
     complete(0.5, 20.0)                                                    # trial 6: late, not among the top 2
     complete(0.85, 20.0)                                                   # trial 7: late, above configuration 1
     assert admit_late(study, config, study.get_trials(), None) == []       # no timeout: nobody comes late
-    assert admit_late(study, config, study.get_trials(), 39.0) == []       # 2 runs wait: 2 rounds of 20 s
+    study.ask()                                                            # configuration 0's run starts
+    assert admit_late(study, config, study.get_trials(), 39.0) == []       # 2 runs ahead: 2 rounds of 20 s
     assert admit_late(study, config, study.get_trials(), 40.0) == [7]
     assert admit_late(study, config, study.get_trials(), 1000.0) == []     # once
     assert study.user_attrs[schema.FINALISTS_ATTR] == {"configs": [0, 1, 7], "seeds": 1, "late": [7]}
-    waiting = study.get_trials(states=(TS.WAITING,))
-    assert [t.user_attrs[schema.FINALIST_OF] for t in waiting] == [0, 1, 7]
-    assert waiting[2].system_attrs["fixed_params"] == study.trials[7].params           # its configuration again
-    for runs_value in (0.88, 0.7, 0.86):                                   # the finalists' runs, in queue order
-        study.tell(study.ask(), runs_value)
+    queued = study.get_trials(states=(TS.RUNNING, TS.WAITING))
+    assert [t.user_attrs[schema.FINALIST_OF] for t in queued] == [0, 1, 7]
+    assert queued[2].system_attrs["fixed_params"] == study.trials[7].params            # its configuration again
+    study.tell(4, 0.88)                                                    # configuration 0: mean 0.89
+    study.tell(study.ask(), 0.7)                                           # configuration 1: mean 0.75
+    rows = search(study, study.get_trials())["finalists"]                  # 7 has no run yet: not its 0.85 alone
+    assert [(r["config"], r["mean"]) for r in rows] == [(0, pytest.approx(0.89)), (1, pytest.approx(0.75))]
+    study.tell(study.ask(), 0.65)                                          # configuration 7: mean 0.75, more spread
     rows = search(study, study.get_trials())["finalists"]
-    assert [(r["config"], r["late"]) for r in rows] == [(0, False), (7, True), (1, False)]
-    assert rows[1]["values"] == [0.85, 0.86]
-    assert "trial 8, joined late" in " ".join(search_lines(search(study, study.get_trials())))
+    assert [(r["config"], r["late"]) for r in rows] == [(0, False), (1, False), (7, True)]     # a tie: less spread
+    assert rows[2]["values"] == [0.85, 0.65] and rows[1]["mean"] == pytest.approx(rows[2]["mean"])
+    assert "trial 7, joined late" in " ".join(search_lines(search(study, study.get_trials())))
 
 
 def test_a_one_class_epoch_is_recorded_said_and_named_in_the_prune_reason(tmp_path: Path) -> None:

@@ -44,6 +44,11 @@ class Sweep:
         return schema.standings(self.study.get_trials(deepcopy=False), schema.maximize(self.study))
 
     @property
+    def ensemble(self) -> list[int]:
+        """Under ``finalists.ensemble``: the runs whose averaged predictions are handed over (export, evaluate)."""
+        return schema.ensemble_runs(self.study)
+
+    @property
     def best_value(self) -> float | None:
         best = self.best_trial
         return None if best is None else schema.first_value(best)

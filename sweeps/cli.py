@@ -154,6 +154,8 @@ def _best(args: argparse.Namespace) -> int:
         print(f"  {k} = {_fmt(v)}")
     for line in search_lines(b["search"]):
         print(line)
+    if b["ensemble"]:
+        print(f"handed over (finalists.ensemble): the average of trials {', '.join(map(str, b['ensemble']))}")
     if "test" in b:
         t = b["test"]
         print(f"held-out test split ({t['n_test']} images, model from {t['source']}): accuracy {t['accuracy']:.4f}, "
@@ -245,7 +247,8 @@ def _export(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(e.to_dict(), indent=2))
         return 0
-    print(f"exported trial {e.trial} ({e.source}) as {e.format}"
+    what = f"the average of trials {', '.join(map(str, e.members))}" if e.members else f"trial {e.trial}"
+    print(f"exported {what} ({e.source}) as {e.format}"
           + (f" ({e.quantize})" if e.quantize != "none" else "") + f": {e.path}, {e.size_bytes / 1024:.0f} KiB")
     print(f"validation accuracy: original {e.accuracy_original:.4f}, exported {e.accuracy_exported:.4f}"
           + ("  WARNING: more than 1 point below the original" if e.flagged else ""))

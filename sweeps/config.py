@@ -83,6 +83,7 @@ class SweepConfig:
     seed_trials: tuple[dict[str, Any], ...] = ()   # configurations to try first (enqueued when the study is made)
     finalists: int = 3                    # top configurations retrained after the search (0: none)
     finalist_seeds: int = 2               # more seeds each finalist is trained with
+    finalist_ensemble: bool = False       # hand over the winning configuration's runs averaged, not its best run
 
     def to_dict(self) -> dict[str, Any]:
         """The resolved config, in the YAML's own shape (JSON-safe)."""
@@ -94,7 +95,8 @@ class SweepConfig:
             **({"model": builder.to_dict(self.model)} if self.model else {}),
             **({"tensorboard": self.tensorboard} if self.tensorboard is not None else {}),
             **({"seed_trials": [dict(t) for t in self.seed_trials]} if self.seed_trials else {}),
-            "finalists": {"count": self.finalists, "seeds": self.finalist_seeds},
+            "finalists": {"count": self.finalists, "seeds": self.finalist_seeds,
+                          **({"ensemble": True} if self.finalist_ensemble else {})},
             "dataset": self.dataset.to_dict(),
             "epochs": self.epochs,
             "seed": self.seed,

@@ -42,6 +42,7 @@ class Exported:
     accuracy_exported: float
     flagged: bool
     attached: bool = False         # recorded as a study artifact (single files only)
+    members: tuple[int, ...] = ()  # an ensemble's runs (finalists.ensemble), averaged in the one exported model
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -67,7 +68,11 @@ def export_best(study_name: str, storage_url: str | None, *, fmt: str, out: str,
 
     os.makedirs(out, exist_ok=True)
     name = _safe(study_name) + ("" if trial is None else f"-trial{best.number}")
-    say(f"exporting trial {best.number} as {fmt}" + (f" ({quantize})" if quantize != "none" else ""))
+    what = f"the average of trials {', '.join(map(str, t.members))}" if t.members else f"trial {best.number}"
+    say(f"exporting {what} as {fmt}" + (f" ({quantize})" if quantize != "none" else ""))
+    if fmt == "backbone" and t.members:
+        raise SweepsError(f"the handed-over model averages trials {', '.join(map(str, t.members))}; --format backbone "
+                          f"exports one trial's backbone: add --trial {best.number}")
     if fmt == "backbone":
         from workers.models import backbone
 
@@ -100,7 +105,7 @@ def export_best(study_name: str, storage_url: str | None, *, fmt: str, out: str,
     attached = _attach(study, config, path)
     if attached:
         say(f"attached {os.path.basename(path)} to the study: optuna-dashboard lists it under the study's artifacts")
-    return Exported(path, fmt, quantize, size, best.number, source, original, exported, flagged, attached)
+    return Exported(path, fmt, quantize, size, best.number, source, original, exported, flagged, attached, t.members)
 
 
 def _attach(study: Any, config: Any, path: str) -> bool:

@@ -254,7 +254,7 @@ def _best_over_time(study: optuna.Study) -> Any:
     if isinstance(test, dict) and isinstance(test.get("test_accuracy"), (int, float)):
         target = top = ax if maximize else ax.twinx()       # a loss is not on accuracy's scale
         accuracy = float(test["test_accuracy"])
-        label = f"test accuracy of trial {test.get('trial')}: {accuracy:.4f}"
+        label = f"test accuracy of {schema.tested_model(test)}: {accuracy:.4f}"
         target.axhline(accuracy, color="crimson", ls="--", lw=1.3, zorder=2, gid="test accuracy", label=label)
         source = next((t for t in done if t.number == test.get("trial")), None)
         if source is not None:

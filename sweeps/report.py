@@ -129,7 +129,8 @@ def _html(study: optuna.Study, config: Any, storage_url: str | None, images: dic
     sections = "".join(f"<h2>{e(TITLES.get(k, k))}</h2><img src=\"{e(v)}\" alt=\"{e(k)}\">" for k, v in images.items())
     notes = "".join(f"<li>{e(TITLES.get(k, k))}: not drawn ({e(v)})</li>" for k, v in skipped.items())
     test = study.user_attrs.get(schema.TEST_ATTR)
-    tested = (f"<p>Held-out test split: trial {e(str(test.get('trial')))}'s model, accuracy {test['test_accuracy']:.4f}"
+    tested = (f"<p>Held-out test split: {html.escape(schema.tested_model(test), quote=False)}, "
+              f"accuracy {test['test_accuracy']:.4f}"
               f" on {e(str(test.get('n_test', '?')))} images ({e(str(test.get('at', '')))}).</p>"
               if isinstance(test, dict) and isinstance(test.get("test_accuracy"), (int, float)) else "")
     decided = search_lines(search(study, trials))      # the rungs, pausing, the audit, the finalists

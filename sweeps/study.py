@@ -162,6 +162,23 @@ def best_trial(study: optuna.Study) -> optuna.trial.FrozenTrial | None:
     return max(trials, key=lambda t: (sign * t.values[0], -t.number))
 
 
+def ensemble_runs(study: optuna.Study, trials: list[optuna.trial.FrozenTrial] | None = None) -> list[int]:
+    """The runs averaged into the handed-over model: under ``finalists.ensemble``, the winning configuration's
+    complete runs (when it has more than one); empty: the best trial alone is handed over."""
+    raw = study.user_attrs.get(CONFIG_ATTR) or {}
+    finalists = raw.get("finalists")
+    if not (isinstance(finalists, dict) and finalists.get("ensemble")):
+        return []
+    table = standings(study.get_trials(deepcopy=False) if trials is None else trials, maximize(study))
+    return table[0]["trials"] if table and len(table[0]["trials"]) > 1 else []
+
+
+def tested_model(test: dict[str, Any]) -> str:
+    """The model `best --evaluate` tested (TEST_ATTR), in words."""
+    members = test.get("members") or []
+    return (f"the average of trials {', '.join(map(str, members))}" if members else f"trial {test.get('trial')}'s model")
+
+
 def standings(trials: list[optuna.trial.FrozenTrial], maximize: bool) -> list[dict[str, Any]]:
     """The finalists, best mean first: each configuration's values over its seeds, their mean and spread, and
     the trial handed over (its run with the best value). Only configurations with a finished finalist run stand:

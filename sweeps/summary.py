@@ -117,7 +117,8 @@ def best(name: str, storage_url: str | None) -> dict[str, Any]:
     if b is None:
         raise SweepsError(f"study {name!r} has no completed trial that meets its constraints yet; "
                           f"`sweeps status {name}` shows its trials")
-    return {**_best_row(study, b), "search": search(study, study.get_trials(deepcopy=False))}
+    trials = study.get_trials(deepcopy=False)
+    return {**_best_row(study, b), "ensemble": schema.ensemble_runs(study, trials), "search": search(study, trials)}
 
 
 def pareto(name: str, storage_url: str | None) -> dict[str, Any]:

@@ -72,24 +72,48 @@ class Trained:
     data: datasets.Arrays
     model: Any                 # Keras model without augmentation layers, weights of the trial's best epoch
     source: str                # "checkpoint" or "retrained"
+    members: tuple[int, ...] = ()    # an ensemble's runs (finalists.ensemble); empty: the trial's model alone
 
 
 def load_trained(study_name: str, storage_url: str | None, number: int | None = None, *,
                  say: Say = lambda line: None) -> Trained:
-    """The best trial (or trial ``number``) with its model; retrained when no checkpoint was kept."""
+    """The best trial (or trial ``number``) with its model; retrained when no checkpoint was kept. The best
+    under ``finalists.ensemble``: the winning configuration's runs, their predictions averaged."""
     study = schema.load(study_name, storage_url)
     config = schema.load_config(study)
     trial = pick_trial(study, number)
     data = load_data(config, study_name, say)
     import_keras()
+    members = schema.ensemble_runs(study) if number is None else []
+    if not members:
+        model, source = _trial_model(study, config, trial, data, say)
+        return Trained(study, config, trial, data, model, source)
+    say(f"the handed-over model averages the winning configuration's runs: trials {', '.join(map(str, members))}")
+    trials = {t.number: t for t in study.get_trials(deepcopy=False)}
+    built = [_trial_model(study, config, trials[n], data, say) for n in members]
+    sources = {source for _, source in built}
+    return Trained(study, config, trial, data, ensemble([m for m, _ in built], members, data),
+                   sources.pop() if len(sources) == 1 else "checkpoint and retrained", tuple(members))
+
+
+def _trial_model(study: optuna.Study, config: SweepConfig, trial: optuna.trial.FrozenTrial, data: datasets.Arrays,
+                 say: Say) -> tuple[Any, str]:
     weights, source = _kept_weights(study, config, trial)
     if weights is None:
         say(f"no checkpoint kept for trial {trial.number}: retraining it ({config.epochs} epochs, seed "
             f"{trial.user_attrs.get(schema.SEED)})")
         weights, _ = retrain(config, trial, data, config.epochs)
         source = "retrained"
-    model = serving_model(weights, {**DEFAULTS, **schema.full_params(trial)}, config, data)
-    return Trained(study, config, trial, data, model, source)
+    return serving_model(weights, {**DEFAULTS, **schema.full_params(trial)}, config, data), source
+
+
+def ensemble(models: list[Any], numbers: list[int], data: datasets.Arrays) -> Any:
+    """One Keras model that averages the members' class probabilities (exports and serves as one model)."""
+    import keras
+
+    inputs = keras.Input(shape=data.input_shape, name="image")
+    outputs = [keras.Model(m.inputs, m.outputs[0], name=f"trial_{n}")(inputs) for m, n in zip(models, numbers)]
+    return keras.Model(inputs, keras.layers.Average(name="mean_probabilities")(outputs), name="ensemble")
 
 
 def pick_trial(study: optuna.Study, number: int | None) -> optuna.trial.FrozenTrial:
@@ -199,9 +223,11 @@ def evaluate(trained: Trained) -> dict[str, Any]:
     predicted = np.argmax(trained.model.predict(data.x_test, batch_size=256, verbose=0), axis=1)
     found = metrics.classification(data.y_test, predicted, data.n_classes)
     found["n_test"] = int(len(data.y_test))
+    if trained.members:
+        found["members"] = list(trained.members)
     try:      # kept in the study for `sweeps report`'s best-so-far picture; the answer stands without it
         trained.study.set_user_attr(schema.TEST_ATTR, {
-            "trial": trained.trial.number, "test_accuracy": float(found["accuracy"]),
+            "trial": trained.trial.number, "members": list(trained.members), "test_accuracy": float(found["accuracy"]),
             "macro_f1": float(found["macro_f1"]), "n_test": found["n_test"], "source": trained.source,
             "at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")})
     except Exception:

@@ -157,15 +157,24 @@ class Sections(Checks):
             self.fail("tensorboard", f"must be a folder for the logs, or false to write none; got {value!r}")
         return {"tensorboard": os.path.abspath(os.path.join(self.base_dir or os.getcwd(), os.path.expanduser(value)))}
 
-    def finalists(self, raw: dict[str, Any], _: dict[str, Any]) -> dict[str, Any]:
+    def finalists(self, raw: dict[str, Any], fields: dict[str, Any]) -> dict[str, Any]:
         value = raw.get("finalists", {"count": 3, "seeds": 2})
         if isinstance(value, int) and not isinstance(value, bool):
             value = {"count": value}
         if not isinstance(value, dict):
             self.fail("finalists", f"must be a number of configurations or {{count: 3, seeds: 2}}, got {value!r}")
-        self.unknown_keys("finalists", value, {"count", "seeds"})
-        return {"finalists": self.integer("finalists.count", value.get("count", 3), low=0),
-                "finalist_seeds": self.integer("finalists.seeds", value.get("seeds", 2), low=1)}
+        self.unknown_keys("finalists", value, {"count", "seeds", "ensemble"})
+        count = self.integer("finalists.count", value.get("count", 3), low=0)
+        ensemble = value.get("ensemble", False)
+        if not isinstance(ensemble, bool):
+            self.fail("finalists.ensemble", f"must be true or false, got {ensemble!r}")
+        if ensemble and count == 0:
+            self.fail("finalists.ensemble", "needs finalists (count > 0): it averages the winning configuration's runs")
+        if ensemble and (fields.get("objectives") or fields.get("constraints")):
+            self.fail("finalists.ensemble", "an ensemble of n runs has n times the size and latency that objectives "
+                      "and constraints measure on one model; drop ensemble, or the objectives and constraints")
+        return {"finalists": count, "finalist_seeds": self.integer("finalists.seeds", value.get("seeds", 2), low=1),
+                "finalist_ensemble": ensemble}
 
     def seed_trials(self, raw: dict[str, Any], fields: dict[str, Any]) -> dict[str, Any]:
         trials = raw.get("seed_trials")

@@ -87,6 +87,12 @@ BAD = {
                               "sampler.name: cmaes optimises one objective"),
     "hyperband with objectives": (_with(pruner="hyperband", objectives=["val_accuracy", "param_count"]),
                                   "pruner.name: hyperband works on single-objective studies"),
+    "ensemble as text": (_with(finalists={"count": 2, "ensemble": "yes"}),
+                         "finalists.ensemble: must be true or false, got 'yes'"),
+    "ensemble without finalists": (_with(finalists={"count": 0, "ensemble": True}), "finalists.ensemble: needs finalists"),
+    "ensemble with a constraint": (_with(finalists={"count": 2, "ensemble": True},
+                                         constraints={"param_count": {"max": 1000000}}),
+                                   "finalists.ensemble: an ensemble of n runs has n times the size and latency"),
 }
 
 

@@ -249,6 +249,44 @@ def test_rerun_reproduces_a_trial_within_half_a_point(finished: dict[str, Any], 
     assert code == 2 and "has no trial 99" in err
 
 
+def test_an_ensemble_of_the_winning_configurations_runs_is_what_best_evaluate_and_export_hand_over(
+        tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    import numpy as np
+
+    from sweeps import run_sweep
+    from sweeps.dispatch import InlineDispatcher
+    from sweeps.trained import load_trained
+    from workers.trainer import train_trial
+
+    url = f"sqlite:///{tmp_path}/sweeps.db"
+    config = {**TINY_SPACE, "parameters": SWEEP_PARAMETERS, "study": "averaged", "budget": {"n_trials": 2},
+              "parallel": 1, "epochs": 2, "pruner": {"name": "none"},
+              "finalists": {"count": 1, "seeds": 1, "ensemble": True}}
+    sweep = run_sweep(config, url, dispatcher=InlineDispatcher(train_trial))
+    winner = sweep.finalists[0]
+    assert len(winner["trials"]) == 2 and sweep.ensemble == winner["trials"]       # the search run and its rerun
+    averaged = load_trained("averaged", url)
+    assert list(averaged.members) == winner["trials"] and averaged.source == "checkpoint"
+    runs = [load_trained("averaged", url, n).model.predict(averaged.data.x_test, verbose=0) for n in winner["trials"]]
+    assert np.allclose(averaged.model.predict(averaged.data.x_test, verbose=0), np.mean(runs, axis=0), atol=1e-5)
+    code, out, err = cli_here(capsys, "best", "averaged", "--storage", url, "--evaluate", "--json")
+    assert code == 0, err[-3000:]
+    b = json.loads(out)
+    expected = float(np.mean(np.argmax(np.mean(runs, axis=0), axis=1) == averaged.data.y_test))
+    assert b["ensemble"] == winner["trials"] and b["test"]["members"] == winner["trials"]
+    assert b["test"]["accuracy"] == pytest.approx(expected)
+    code, out, err = cli_here(capsys, "best", "averaged", "--storage", url)
+    assert code == 0 and f"the average of trials {winner['trials'][0]}, {winner['trials'][1]}" in out
+    code, out, err = cli_here(capsys, "export", "averaged", "--storage", url, "--format", "keras", "--out",
+                              str(tmp_path / "out"), "--json")
+    assert code == 0, err[-3000:]
+    e = json.loads(out)
+    assert e["members"] == winner["trials"] and e["accuracy_exported"] == pytest.approx(e["accuracy_original"])
+    code, _, err = cli_here(capsys, "export", "averaged", "--storage", url, "--format", "backbone", "--out",
+                            str(tmp_path / "out"))
+    assert code == 2 and f"add --trial {b['number']}" in err
+
+
 def test_export_retrains_when_no_checkpoint_was_kept(finished: dict[str, Any], tmp_path: Path,
                                                      capsys: pytest.CaptureFixture) -> None:
     """Last in this module: it deletes the kept checkpoints that the tests above load."""

@@ -16,8 +16,9 @@ stopped as a second Ctrl-C stops it. From the run:
 
 - time to validation accuracy 0.975, 0.983 and 0.988: the first epoch of any trial at or above it;
 - anytime quality: the model each would hand over at half the minutes and at the end (the best trial
-  finished by then; ours: the finalists' winner once a finalist run finished by then), and its accuracy on
-  the held-out test split (500 images, never seen by a trial);
+  finished by then; ours: the finalists' winner once a finalist run finished by then, under
+  ``finalists.ensemble`` its runs finished by then with their probabilities averaged, as the handed-over
+  model does), and its accuracy on the held-out test split (500 images, never seen by a trial);
 - ours: the prune audit's false-prune rate, the rungs placed, trials paused and continued.
 
 Results go to ``--out`` (one JSON per run, the SQLite studies) and a Markdown table on stdout.
@@ -84,20 +85,21 @@ def _watch(db: Path, started: float, minutes: float, out: dict[str, Any]) -> Non
             return
 
 
-def handed_over(trials: list[Any], by: datetime.datetime, maximize: bool) -> Any:
+def handed_over(trials: list[Any], by: datetime.datetime, maximize: bool) -> tuple[Any, list[int]]:
     """The trial a sweep would hand over if it ended at ``by``: the finalists' winner among runs finished by
-    then, else the best complete trial finished by then."""
+    then, else the best complete trial finished by then; and the winner's runs finished by then (averaged
+    under ``finalists.ensemble``)."""
     from sweeps import study as schema
 
     done = [t for t in trials if t.datetime_complete is not None and t.datetime_complete <= by]
     table = schema.standings(done, maximize)
     if table:
-        return table[0]["trial"]
+        return table[0]["trial"], table[0]["trials"]
     complete = [t for t in done if t.state.name == "COMPLETE" and t.values and schema.FINALIST_OF not in t.user_attrs]
     if not complete:
-        return None
+        return None, []
     sign = 1 if maximize else -1
-    return max(complete, key=lambda t: (sign * t.values[0], -t.number))
+    return max(complete, key=lambda t: (sign * t.values[0], -t.number)), []
 
 
 def run(system: str, seed: int, minutes: float, out: Path) -> dict[str, Any]:
@@ -127,37 +129,53 @@ def run(system: str, seed: int, minutes: float, out: Path) -> dict[str, Any]:
     result["trials"] = len([t for t in trials if t.datetime_start is not None])
     result["states"] = schema.state_counts(trials)
     result["search"] = search(study, trials)
-    result["per_trial"] = _per_trial(config, url, trials, wall)
+    result["per_trial"], probabilities, labels = _per_trial(config, url, trials, wall)
     tested = {row["trial"]: row for row in result["per_trial"]}
     for label, seconds in (("half", minutes * 30), ("end", minutes * 60)):
-        chosen = handed_over(trials, wall + datetime.timedelta(seconds=seconds), schema.maximize(study))
+        chosen, runs = handed_over(trials, wall + datetime.timedelta(seconds=seconds), schema.maximize(study))
         result[label] = None if chosen is None else {k: tested[chosen.number][k] for k in ("trial", "val", "test",
                                                                                            "source")}
+        if chosen is not None and len(runs) > 1:     # the runs' probabilities averaged: what the ensemble model does
+            averaged = sum(probabilities[n] for n in runs) / len(runs)
+            result[label]["single_test"] = result[label]["test"]
+            result[label]["ensemble_test"] = float((averaged.argmax(axis=1) == labels).mean())
+            result[label]["runs"] = runs
+            if config.finalist_ensemble:
+                result[label]["test"] = result[label]["ensemble_test"]
     (out / f"{system}-{seed}.json").write_text(json.dumps(result, indent=2, default=str))
     return result
 
 
-def _per_trial(config: Any, url: str, trials: list[Any], wall: datetime.datetime) -> list[dict[str, Any]]:
+def _per_trial(config: Any, url: str, trials: list[Any],
+               wall: datetime.datetime) -> tuple[list[dict[str, Any]], dict[int, Any], Any]:
     """Every complete trial (the handed-over ones among them, tested once): its configuration, validation
     value, start and end (seconds into the run), held-out test accuracy and the checkpoint it was read from,
-    to see what the search tried and what selection noise costs."""
+    to see what the search tried and what selection noise costs; and each one's test probabilities, with
+    the test labels, for ensembles of runs."""
     from sweeps import study as schema
-    from sweeps.trained import evaluate, load_trained
+    from sweeps.trained import load_trained
 
-    rows = []
+    rows, probabilities, labels = [], {}, None
     for t in trials:
         if t.state.name != "COMPLETE" or not t.values:
             continue
         trained = load_trained(config.study, url, t.number)
+        labels = trained.data.y_test
+        probabilities[t.number] = trained.model.predict(trained.data.x_test, batch_size=256, verbose=0)
         rows.append({"trial": t.number, "params": t.params, "val": schema.first_value(t),
                      "start": round((t.datetime_start - wall).total_seconds(), 1),
                      "end": round((t.datetime_complete - wall).total_seconds(), 1),
-                     "test": evaluate(trained)["accuracy"], "source": trained.source})
-    return rows
+                     "test": float((probabilities[t.number].argmax(axis=1) == labels).mean()),
+                     "source": trained.source})
+    return rows, probabilities, labels
 
 
 def _cell(row: dict[str, Any] | None) -> str:
-    return "-" if row is None else f"{row['test']:.4f} (val {row['val']:.4f}, trial {row['trial']})"
+    if row is None:
+        return "-"
+    runs = (f"; runs {', '.join(map(str, row['runs']))}: best run {row['single_test']:.4f}, averaged "
+            f"{row['ensemble_test']:.4f}") if "runs" in row else ""
+    return f"{row['test']:.4f} (val {row['val']:.4f}, trial {row['trial']}{runs})"
 
 
 def main() -> None:

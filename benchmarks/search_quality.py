@@ -8,7 +8,9 @@ One run per system and seed, ``--minutes`` each, 2 trials at a time with one thr
   ``n_trials``), with the timeout set to the run's minutes (the finalists must fit in them: the timeout's
   reserve);
 - random: the same YAML with ``sampler: random``, ``pruner: none``, ``finalists: 0`` and no ``seed_trials``
-  (random search: its first trials are the random draws); ``random-seeded`` keeps the YAML's seed trials.
+  (random search: its first trials are the random draws); ``random-seeded`` keeps the YAML's seed trials;
+- audited: the YAML with ``pruner.audit: 0.99``: every trial the pruner would stop runs on, marked audited, so
+  the false-prune rate of the shipped pruner rests on every decision it made, not on a tenth of them.
 
 Every complete trial's checkpoint is kept (``keep_best`` 1000), so any trial's model can be tested. The clock
 starts when ``run_sweep`` is called (Ray and TensorFlow start-up included); at ``--minutes`` the sweep is
@@ -60,6 +62,8 @@ def _config(system: str, seed: int, minutes: float, out: Path) -> Any:
         raw.update(sampler={"name": "random"}, pruner={"name": "none"}, finalists=0)
     if system == "random":
         raw.pop("seed_trials", None)
+    if system == "audited":
+        raw.update(pruner={**raw["pruner"], "audit": 0.99})
     return from_dict(raw, source="benchmark")
 
 

@@ -83,7 +83,7 @@ class SweepConfig:
     seed_trials: tuple[dict[str, Any], ...] = ()   # configurations to try first (enqueued when the study is made)
     finalists: int = 3                    # top configurations retrained after the search (0: none)
     finalist_seeds: int = 2               # more seeds each finalist is trained with
-    finalist_ensemble: bool = False       # hand over the winning configuration's runs averaged, not its best run
+    finalist_ensemble: str = ""           # "winner" / "finalists": those runs averaged are handed over; "": one run
 
     def to_dict(self) -> dict[str, Any]:
         """The resolved config, in the YAML's own shape (JSON-safe)."""
@@ -96,7 +96,7 @@ class SweepConfig:
             **({"tensorboard": self.tensorboard} if self.tensorboard is not None else {}),
             **({"seed_trials": [dict(t) for t in self.seed_trials]} if self.seed_trials else {}),
             "finalists": {"count": self.finalists, "seeds": self.finalist_seeds,
-                          **({"ensemble": True} if self.finalist_ensemble else {})},
+                          **({"ensemble": self.finalist_ensemble} if self.finalist_ensemble else {})},
             "dataset": self.dataset.to_dict(),
             "epochs": self.epochs,
             "seed": self.seed,

@@ -163,14 +163,17 @@ def best_trial(study: optuna.Study) -> optuna.trial.FrozenTrial | None:
 
 
 def ensemble_runs(study: optuna.Study, trials: list[optuna.trial.FrozenTrial] | None = None) -> list[int]:
-    """The runs averaged into the handed-over model: under ``finalists.ensemble``, the winning configuration's
-    complete runs (when it has more than one); empty: the best trial alone is handed over."""
+    """The runs averaged into the handed-over model (when more than one): under ``finalists.ensemble: winner``
+    (or true) the winning configuration's complete runs, under ``finalists`` every standing finalist's, the
+    winner's first; empty: the best trial alone is handed over."""
     raw = study.user_attrs.get(CONFIG_ATTR) or {}
     finalists = raw.get("finalists")
-    if not (isinstance(finalists, dict) and finalists.get("ensemble")):
+    mode = finalists.get("ensemble") if isinstance(finalists, dict) else None
+    if mode not in (True, "winner", "finalists"):
         return []
     table = standings(study.get_trials(deepcopy=False) if trials is None else trials, maximize(study))
-    return table[0]["trials"] if table and len(table[0]["trials"]) > 1 else []
+    runs = [n for row in (table if mode == "finalists" else table[:1]) for n in row["trials"]]
+    return runs if len(runs) > 1 else []
 
 
 def tested_model(test: dict[str, Any]) -> str:

@@ -78,7 +78,7 @@ class Trained:
 def load_trained(study_name: str, storage_url: str | None, number: int | None = None, *,
                  say: Say = lambda line: None) -> Trained:
     """The best trial (or trial ``number``) with its model; retrained when no checkpoint was kept. The best
-    under ``finalists.ensemble``: the winning configuration's runs, their predictions averaged."""
+    under ``finalists.ensemble``: the winner's (or every finalist's) runs, their predictions averaged."""
     study = schema.load(study_name, storage_url)
     config = schema.load_config(study)
     trial = pick_trial(study, number)
@@ -88,7 +88,7 @@ def load_trained(study_name: str, storage_url: str | None, number: int | None = 
     if not members:
         model, source = _trial_model(study, config, trial, data, say)
         return Trained(study, config, trial, data, model, source)
-    say(f"the handed-over model averages the winning configuration's runs: trials {', '.join(map(str, members))}")
+    say(f"the handed-over model averages the runs of finalists.ensemble: trials {', '.join(map(str, members))}")
     trials = {t.number: t for t in study.get_trials(deepcopy=False)}
     built = [_trial_model(study, config, trials[n], data, say) for n in members]
     sources = {source for _, source in built}

@@ -165,11 +165,12 @@ class Sections(Checks):
             self.fail("finalists", f"must be a number of configurations or {{count: 3, seeds: 2}}, got {value!r}")
         self.unknown_keys("finalists", value, {"count", "seeds", "ensemble"})
         count = self.integer("finalists.count", value.get("count", 3), low=0)
-        ensemble = value.get("ensemble", False)
-        if not isinstance(ensemble, bool):
-            self.fail("finalists.ensemble", f"must be true or false, got {ensemble!r}")
+        ensemble = {True: "winner", False: ""}.get(value.get("ensemble", False), value.get("ensemble"))
+        if ensemble not in ("", "winner", "finalists"):
+            self.fail("finalists.ensemble", "must be winner (or true: the winning configuration's runs averaged), "
+                      f"finalists (every finalist's runs averaged) or false, got {value.get('ensemble')!r}")
         if ensemble and count == 0:
-            self.fail("finalists.ensemble", "needs finalists (count > 0): it averages the winning configuration's runs")
+            self.fail("finalists.ensemble", "needs finalists (count > 0): it averages the finalists' runs")
         if ensemble and (fields.get("objectives") or fields.get("constraints")):
             self.fail("finalists.ensemble", "an ensemble of n runs has n times the size and latency that objectives "
                       "and constraints measure on one model; drop ensemble, or the objectives and constraints")

@@ -88,7 +88,8 @@ BAD = {
     "hyperband with objectives": (_with(pruner="hyperband", objectives=["val_accuracy", "param_count"]),
                                   "pruner.name: hyperband works on single-objective studies"),
     "ensemble as text": (_with(finalists={"count": 2, "ensemble": "yes"}),
-                         "finalists.ensemble: must be true or false, got 'yes'"),
+                         "finalists.ensemble: must be winner (or true: the winning configuration's runs averaged), "
+                         "finalists (every finalist's runs averaged) or false, got 'yes'"),
     "ensemble without finalists": (_with(finalists={"count": 0, "ensemble": True}), "finalists.ensemble: needs finalists"),
     "ensemble with a constraint": (_with(finalists={"count": 2, "ensemble": True},
                                          constraints={"param_count": {"max": 1000000}}),

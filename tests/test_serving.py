@@ -287,6 +287,27 @@ def test_an_ensemble_of_the_winning_configurations_runs_is_what_best_evaluate_an
     assert code == 2 and f"add --trial {b['number']}" in err
 
 
+def test_an_ensemble_of_every_finalists_runs_averages_them_all_winner_first(tmp_path: Path) -> None:
+    import numpy as np
+
+    from sweeps import run_sweep
+    from sweeps.dispatch import InlineDispatcher
+    from sweeps.trained import load_trained
+    from workers.trainer import train_trial
+
+    url = f"sqlite:///{tmp_path}/sweeps.db"
+    config = {**TINY_SPACE, "parameters": SWEEP_PARAMETERS, "study": "all-finalists", "budget": {"n_trials": 3},
+              "parallel": 1, "epochs": 2, "pruner": {"name": "none"},
+              "finalists": {"count": 2, "seeds": 1, "ensemble": "finalists"}}
+    sweep = run_sweep(config, url, dispatcher=InlineDispatcher(train_trial))
+    runs = [n for row in sweep.finalists for n in row["trials"]]
+    assert len(sweep.finalists) == 2 and len(runs) == 4 and sweep.ensemble == runs     # winner's runs first
+    averaged = load_trained("all-finalists", url)
+    assert list(averaged.members) == runs
+    each = [load_trained("all-finalists", url, n).model.predict(averaged.data.x_test, verbose=0) for n in runs]
+    assert np.allclose(averaged.model.predict(averaged.data.x_test, verbose=0), np.mean(each, axis=0), atol=1e-5)
+
+
 def test_export_retrains_when_no_checkpoint_was_kept(finished: dict[str, Any], tmp_path: Path,
                                                      capsys: pytest.CaptureFixture) -> None:
     """Last in this module: it deletes the kept checkpoints that the tests above load."""

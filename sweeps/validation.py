@@ -165,8 +165,9 @@ class Sections(Checks):
             self.fail("finalists", f"must be a number of configurations or {{count: 3, seeds: 2}}, got {value!r}")
         self.unknown_keys("finalists", value, {"count", "seeds", "ensemble"})
         count = self.integer("finalists.count", value.get("count", 3), low=0)
-        ensemble = {True: "winner", False: ""}.get(value.get("ensemble", False), value.get("ensemble"))
-        if ensemble not in ("", "winner", "finalists"):
+        given = value.get("ensemble", False)
+        ensemble = ("winner" if given else "") if isinstance(given, bool) else given
+        if not isinstance(given, bool) and given not in ("winner", "finalists"):
             self.fail("finalists.ensemble", "must be winner (or true: the winning configuration's runs averaged), "
                       f"finalists (every finalist's runs averaged) or false, got {value.get('ensemble')!r}")
         if ensemble and count == 0:

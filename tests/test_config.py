@@ -90,6 +90,8 @@ BAD = {
     "ensemble as text": (_with(finalists={"count": 2, "ensemble": "yes"}),
                          "finalists.ensemble: must be winner (or true: the winning configuration's runs averaged), "
                          "finalists (every finalist's runs averaged) or false, got 'yes'"),
+    "ensemble as a number": (_with(finalists={"count": 2, "ensemble": 1}), "finalists.ensemble: must be winner"),
+    "ensemble as a list": (_with(finalists={"count": 2, "ensemble": ["winner"]}), "finalists.ensemble: must be winner"),
     "ensemble without finalists": (_with(finalists={"count": 0, "ensemble": True}), "finalists.ensemble: needs finalists"),
     "ensemble with a constraint": (_with(finalists={"count": 2, "ensemble": True},
                                          constraints={"param_count": {"max": 1000000}}),

@@ -303,7 +303,7 @@ def test_an_ensemble_of_every_finalists_runs_averages_them_all_winner_first(tmp_
     runs = [n for row in sweep.finalists for n in row["trials"]]
     assert len(sweep.finalists) == 2 and len(runs) == 4 and sweep.ensemble == runs     # winner's runs first
     averaged = load_trained("all-finalists", url)
-    assert list(averaged.members) == runs
+    assert list(averaged.members) == runs and averaged.trial.number == sweep.finalists[0]["trial"].number
     each = [load_trained("all-finalists", url, n).model.predict(averaged.data.x_test, verbose=0) for n in runs]
     assert np.allclose(averaged.model.predict(averaged.data.x_test, verbose=0), np.mean(each, axis=0), atol=1e-5)
 

@@ -89,16 +89,19 @@ def _watch(db: Path, started: float, minutes: float, out: dict[str, Any]) -> Non
             return
 
 
-def handed_over(trials: list[Any], by: datetime.datetime, maximize: bool) -> tuple[Any, list[int]]:
+def handed_over(trials: list[Any], by: datetime.datetime, maximize: bool,
+                ensemble: str = "winner") -> tuple[Any, list[int]]:
     """The trial a sweep would hand over if it ended at ``by``: the finalists' winner among runs finished by
-    then, else the best complete trial finished by then; and the winner's runs finished by then (averaged
-    under ``finalists.ensemble``)."""
+    then, else the best complete trial finished by then; and the runs finished by then that
+    ``finalists.ensemble`` averages (``finalists``: every standing finalist's, the winner's first; else the
+    winner's), as ``sweeps.study.ensemble_runs`` does."""
     from sweeps import study as schema
 
     done = [t for t in trials if t.datetime_complete is not None and t.datetime_complete <= by]
     table = schema.standings(done, maximize)
     if table:
-        return table[0]["trial"], table[0]["trials"]
+        return table[0]["trial"], [n for row in (table if ensemble == "finalists" else table[:1])
+                                   for n in row["trials"]]
     complete = [t for t in done if t.state.name == "COMPLETE" and t.values and schema.FINALIST_OF not in t.user_attrs]
     if not complete:
         return None, []
@@ -136,7 +139,8 @@ def run(system: str, seed: int, minutes: float, out: Path) -> dict[str, Any]:
     result["per_trial"], probabilities, labels = _per_trial(config, url, trials, wall)
     tested = {row["trial"]: row for row in result["per_trial"]}
     for label, seconds in (("half", minutes * 30), ("end", minutes * 60)):
-        chosen, runs = handed_over(trials, wall + datetime.timedelta(seconds=seconds), schema.maximize(study))
+        chosen, runs = handed_over(trials, wall + datetime.timedelta(seconds=seconds), schema.maximize(study),
+                                   config.finalist_ensemble)
         result[label] = None if chosen is None else {k: tested[chosen.number][k] for k in ("trial", "val", "test",
                                                                                            "source")}
         if chosen is not None and len(runs) > 1:     # the runs' probabilities averaged: what the ensemble model does
@@ -193,7 +197,7 @@ def main() -> None:
     print(f"{datetime.date.today()}, {platform.node()}, {os.cpu_count()} cores, {args.minutes:g} minutes per run")
     print(f"| system | seed | {' | '.join(f'to {t}' for t in TARGETS)} | test at half | test at end | trials "
           "| false-prune rate |")
-    print("|---" * (len(TARGETS) + 7) + "|")
+    print("|---" * (len(TARGETS) + 6) + "|")
     rows = []
     for system in args.systems.split(","):
         for seed in (int(s) for s in args.seeds.split(",")):

@@ -89,19 +89,18 @@ def _watch(db: Path, started: float, minutes: float, out: dict[str, Any]) -> Non
             return
 
 
-def handed_over(trials: list[Any], by: datetime.datetime, maximize: bool,
-                ensemble: str = "winner") -> tuple[Any, list[int]]:
+def handed_over(study: Any, trials: list[Any], by: datetime.datetime) -> tuple[Any, list[int]]:
     """The trial a sweep would hand over if it ended at ``by``: the finalists' winner among runs finished by
     then, else the best complete trial finished by then; and the runs finished by then that
-    ``finalists.ensemble`` averages (``finalists``: every standing finalist's, the winner's first; else the
-    winner's), as ``sweeps.study.ensemble_runs`` does."""
+    ``finalists.ensemble`` averages (``sweeps.study.ensemble_runs``), or without it the winner's runs (their
+    average is reported beside the best run)."""
     from sweeps import study as schema
 
+    maximize = schema.maximize(study)
     done = [t for t in trials if t.datetime_complete is not None and t.datetime_complete <= by]
     table = schema.standings(done, maximize)
     if table:
-        return table[0]["trial"], [n for row in (table if ensemble == "finalists" else table[:1])
-                                   for n in row["trials"]]
+        return table[0]["trial"], schema.ensemble_runs(study, done) or table[0]["trials"]
     complete = [t for t in done if t.state.name == "COMPLETE" and t.values and schema.FINALIST_OF not in t.user_attrs]
     if not complete:
         return None, []
@@ -139,8 +138,7 @@ def run(system: str, seed: int, minutes: float, out: Path) -> dict[str, Any]:
     result["per_trial"], probabilities, labels = _per_trial(config, url, trials, wall)
     tested = {row["trial"]: row for row in result["per_trial"]}
     for label, seconds in (("half", minutes * 30), ("end", minutes * 60)):
-        chosen, runs = handed_over(trials, wall + datetime.timedelta(seconds=seconds), schema.maximize(study),
-                                   config.finalist_ensemble)
+        chosen, runs = handed_over(study, trials, wall + datetime.timedelta(seconds=seconds))
         result[label] = None if chosen is None else {k: tested[chosen.number][k] for k in ("trial", "val", "test",
                                                                                            "source")}
         if chosen is not None and len(runs) > 1:     # the runs' probabilities averaged: what the ensemble model does

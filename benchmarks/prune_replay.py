@@ -10,7 +10,7 @@ epoch). At each epoch it asks what the pruner of ``search_spaces/mnist.yaml`` (o
 ``--threshold``, ``--eta``) would have done then: the automatic rungs from the curves finished by that moment
 (``sweeps.rungs.place_rungs``), and at a rung ASHA's rule against the values reported there so far
 (``sweeps.rungs.in_top``). A trial is "paused" at its first "no". Then, as the audit counts (``sweeps.pruning.
-audit_summary``): how many paused trials ended in the top quarter of all complete search trials, and how many
+in_top_quarter``): how many paused trials ended in the top quarter of all complete search trials, and how many
 of those a later promotion would have saved (they rank in the rung's top 1/eta once every trial has reported
 there). The replay uses the pruner's own functions; it trusts the epoch times to be linear within a trial.
 """
@@ -32,6 +32,7 @@ def replay(trials: list[Any], steps: int, eta: int, threshold: float, min_trials
     """What the automatic-rung pruner would have paused, and whether those trials ended among the best."""
     from sweeps import rungs
     from sweeps.attrs import CONTINUES, FINALIST_OF, FORKED_FROM
+    from sweeps.pruning import in_top_quarter
 
     done = [t for t in trials if t.state.name == "COMPLETE" and t.values and steps in t.intermediate_values
             and not {FINALIST_OF, FORKED_FROM, CONTINUES} & set(t.user_attrs)]
@@ -58,9 +59,7 @@ def replay(trials: list[Any], steps: int, eta: int, threshold: float, min_trials
             if not rungs.in_top(t.intermediate_values[epoch], [*peers, t.intermediate_values[epoch]], eta, maximize):
                 paused[t.number] = epoch
                 break
-    ranked = sorted((t.values[0] for t in done), reverse=maximize)
-    cut = ranked[max(1, len(ranked) // 4) - 1]
-    best = {t.number for t in done if (t.values[0] >= cut if maximize else t.values[0] <= cut)}
+    top_quarter = in_top_quarter([t.values[0] for t in done], maximize)
     rows = []
     for t in done:
         if t.number not in paused:
@@ -68,10 +67,10 @@ def replay(trials: list[Any], steps: int, eta: int, threshold: float, min_trials
         epoch = paused[t.number]
         everyone = [u.intermediate_values[epoch] for u in done if epoch in u.intermediate_values]
         rows.append({"trial": t.number, "paused_at": epoch, "value_there": t.intermediate_values[epoch],
-                     "final": t.values[0], "in_top_quarter": t.number in best,
+                     "final": t.values[0], "in_top_quarter": top_quarter(t.values[0]),
                      "promoted_later": rungs.in_top(t.intermediate_values[epoch], everyone, eta, maximize)})
     false = [r for r in rows if r["in_top_quarter"]]
-    return {"trials": len(done), "top_quarter_cut": cut, "decisions": len(rows), "paused": rows,
+    return {"trials": len(done), "decisions": len(rows), "paused": rows,
             "in_top_quarter": len(false), "of_those_promoted_later": sum(r["promoted_later"] for r in false),
             "false_prune_rate": round(len(false) / len(rows), 3) if rows else None,
             "rungs_when_last_trial_ran": rungs_seen.get(done[-1].number, []) if done else []}

@@ -132,8 +132,17 @@ def audit_summary(trials: list[FrozenTrial], maximize: bool) -> dict[str, Any] |
     running = sum(schema.AUDITED in t.user_attrs and t.state == TrialState.RUNNING for t in trials)
     if not audited and not running:
         return None
-    ranked = sorted((t.values[0] for t in complete), reverse=maximize)
-    cut = ranked[max(1, len(ranked) // 4) - 1] if ranked else None
-    top = [t.number for t in audited if cut is not None and (t.values[0] >= cut if maximize else t.values[0] <= cut)]
+    top_quarter = in_top_quarter([t.values[0] for t in complete], maximize)
+    top = [t.number for t in audited if top_quarter(t.values[0])]
     return {"audited": len(audited), "running": running, "in_top_quarter": len(top), "trials": top,
             "false_prune_rate": round(len(top) / len(audited), 3) if audited else None}
+
+
+def in_top_quarter(values: list[float], maximize: bool) -> Callable[[float], bool]:
+    """Whether a final value is among the best quarter of ``values`` (at least the best one): what the audit
+    calls a false prune."""
+    ranked = sorted(values, reverse=maximize)
+    if not ranked:
+        return lambda value: False
+    cut = ranked[max(1, len(ranked) // 4) - 1]
+    return lambda value: value >= cut if maximize else value <= cut

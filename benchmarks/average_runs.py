@@ -3,7 +3,8 @@ averaged, as ``finalists.ensemble`` hands over), from a finished study's kept ch
 
     .venv/bin/python benchmarks/average_runs.py --storage sqlite:///out/ours-0.db --study ours-0 --trials 0,9,4,10
 
-Used to compare ``ensemble: winner`` and ``ensemble: finalists`` on the same run (benchmarks/RESULTS.md).
+Used to compare ``ensemble: winner`` and ``ensemble: finalists`` on the same run, and (``--all-only``) the top k
+trials by validation averaged (benchmarks/RESULTS.md).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ def main() -> None:
     parser.add_argument("--storage", required=True)
     parser.add_argument("--study", required=True)
     parser.add_argument("--trials", required=True, help="comma-separated trial numbers")
+    parser.add_argument("--all-only", action="store_true", help="only the ensemble of every given trial (many trials)")
     args = parser.parse_args()
     from sweeps.trained import load_trained
 
@@ -30,7 +32,7 @@ def main() -> None:
         trained = load_trained(args.study, args.storage, n)
         labels = trained.data.y_test
         probabilities[n] = trained.model.predict(trained.data.x_test, batch_size=256, verbose=0)
-    for k in range(1, len(numbers) + 1):
+    for k in ([len(numbers)] if args.all_only else range(1, len(numbers) + 1)):
         for members in itertools.combinations(numbers, k):
             averaged = sum(probabilities[n] for n in members) / k
             print(f"trials {', '.join(map(str, members))}: test {(averaged.argmax(axis=1) == labels).mean():.4f}")

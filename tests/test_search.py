@@ -98,6 +98,18 @@ def test_auto_rungs_start_where_the_epochs_rank_trials_as_their_final_values_do(
     assert spearman([1, 2, 3], [3, 2, 1]) == pytest.approx(-1.0) and spearman([1, 1, 1], [1, 2, 3]) == 0.0
 
 
+def test_an_auto_rung_needs_every_later_epoch_to_rank_the_trials_too() -> None:
+    """One epoch that ranks the trials well between epochs that do not is luck, not a place to prune."""
+    finals = [0.99, 0.98, 0.97, 0.96, 0.95, 0.94, 0.93, 0.92, 0.91, 0.90]
+    shuffled = [0.3, 0.9, 0.1, 0.7, 0.5, 0.2, 0.8, 0.4, 0.6, 0.0]     # rho with the finals about 0
+    curves = [({1: s, 2: f, 3: s, 4: s, 5: f, 6: f}, f) for s, f in zip(shuffled, finals)]
+    plan = place_rungs(curves, steps=7, eta=3, threshold=0.8, min_trials=5)
+    assert plan.correlation[2] == 1.0 and plan.correlation[3] < 0.5   # epoch 2 alone would qualify
+    assert plan.rungs == (5,)                                          # from epoch 5 on, every epoch does
+    curves[0][0][6] = 0.0                                              # the last epoch no longer ranks them
+    assert place_rungs(curves, steps=7, eta=3, threshold=0.8, min_trials=5).rungs == ()
+
+
 def test_auto_rungs_let_the_first_trials_finish_then_prune_at_the_placed_rung(tmp_path: Path) -> None:
     rates = (1e-2, 1e-3, 1e-4, 1e-5, 1e-6, 2e-2, 5e-6, 3e-6, 2e-6)
     trials = _run(tmp_path, Scripted(), budget={"n_trials": 9}, seed_trials=_lrs(*rates), epochs=6,

@@ -6,6 +6,8 @@ attributes) and the artifacts in the sweep's checkpoint store.
 
 from __future__ import annotations
 
+import signal
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -45,6 +47,10 @@ def serve(study: str | None, storage_url: str | None, *, host: str = "127.0.0.1"
         def log_message(self, format: str, *args: Any) -> None:  # noqa: A002  (the stdlib's name)
             pass
 
+    if threading.current_thread() is threading.main_thread():
+        # Ctrl-C stops it even when started where SIGINT is ignored (a script's `cmd &`, nohup, CI runners),
+        # as Python then leaves SIGINT ignored and `kill -INT` would do nothing; before the line that says it is ready
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         server = make_server(host, port, app, handler_class=QuietHandler)
     except OSError as e:

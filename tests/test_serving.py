@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 import signal
 import socket
+import subprocess
+import sys
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,7 +19,7 @@ from typing import Any
 import psutil
 import pytest
 
-from tests.helpers import SWEEP_PARAMETERS, TINY_SPACE, cli_here, free_port, keep_artifact, run_cli, start_cli
+from tests.helpers import ROOT, SWEEP_PARAMETERS, TINY_SPACE, cli_env, cli_here, free_port, keep_artifact, run_cli, start_cli
 
 pytestmark = pytest.mark.slow
 
@@ -178,6 +180,23 @@ def test_report_writes_html_and_plots(finished: dict[str, Any], tmp_path: Path, 
     assert "Study served" in page and "confusion_matrix.png" in page and "Best trials" in page
     best = finished["sweep"].best_trial
     assert f"trial {best.number}" in page and f"{best.value:.4f}" in page
+
+
+def test_ctrl_c_stops_the_dashboard_even_where_sigint_was_ignored(finished: dict[str, Any]) -> None:
+    """A script's `sweeps dashboard ... &` starts with SIGINT ignored; Ctrl-C (kill -INT) must still stop it."""
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "sweeps.cli", "dashboard", "served", "--storage", finished["url"],
+                             "--port", str(port)], cwd=ROOT, env=cli_env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+    try:
+        assert f"http://127.0.0.1:{port}/" in proc.stdout.readline()
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
 
 
 def test_browser_sees_the_study_in_the_dashboard(finished: dict[str, Any]) -> None:

@@ -67,9 +67,8 @@ def _config(system: str, seed: int, minutes: float, out: Path, epochs: int | Non
     raw = yaml.safe_load((ROOT / "search_spaces" / "mnist.yaml").read_text())
     if epochs:
         raw["epochs"] = epochs
-    if trials:
-        raw["budget"] = {**raw.get("budget", {}), "n_trials": trials}
-    raw.update(study=_name(system, seed, epochs, trials), seed=seed, budget={**raw.get("budget", {}), "timeout": minutes * 60},
+    budget = {**raw.get("budget", {}), "timeout": minutes * 60, **({"n_trials": trials} if trials else {})}
+    raw.update(study=_name(system, seed, epochs, trials), seed=seed, budget=budget,
                parallel=PARALLEL, resources={"cpus": 1, "gpus": 0}, tensorboard=False,
                checkpoints={"store": str(out / "checkpoints"), "keep_best": 1000})
     if system.startswith("random"):

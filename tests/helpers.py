@@ -91,9 +91,11 @@ def run_cli(*args: str, cwd: Path | str | None = None, timeout: float = 300, **e
                           capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
 
 
-def start_cli(*args: str, cwd: Path | str | None = None, **env: str) -> subprocess.Popen[str]:
+def start_cli(*args: str, cwd: Path | str | None = None, preexec_fn: Callable[[], Any] | None = None,
+              **env: str) -> subprocess.Popen[str]:
     return subprocess.Popen([sys.executable, "-m", "sweeps.cli", *args], cwd=cwd or ROOT, env=cli_env(**env),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL,
+                            preexec_fn=preexec_fn)
 
 
 TINY_SPACE: dict[str, Any] = {

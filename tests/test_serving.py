@@ -9,8 +9,6 @@ from __future__ import annotations
 import json
 import signal
 import socket
-import subprocess
-import sys
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,7 +17,7 @@ from typing import Any
 import psutil
 import pytest
 
-from tests.helpers import ROOT, SWEEP_PARAMETERS, TINY_SPACE, cli_env, cli_here, free_port, keep_artifact, run_cli, start_cli
+from tests.helpers import SWEEP_PARAMETERS, TINY_SPACE, cli_here, free_port, keep_artifact, run_cli, start_cli
 
 pytestmark = pytest.mark.slow
 
@@ -185,10 +183,8 @@ def test_report_writes_html_and_plots(finished: dict[str, Any], tmp_path: Path, 
 def test_ctrl_c_stops_the_dashboard_even_where_sigint_was_ignored(finished: dict[str, Any]) -> None:
     """A script's `sweeps dashboard ... &` starts with SIGINT ignored; Ctrl-C (kill -INT) must still stop it."""
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "sweeps.cli", "dashboard", "served", "--storage", finished["url"],
-                             "--port", str(port)], cwd=ROOT, env=cli_env(), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+    proc = start_cli("dashboard", "served", "--storage", finished["url"], "--port", str(port),
+                     preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
     try:
         assert f"http://127.0.0.1:{port}/" in proc.stdout.readline()
         proc.send_signal(signal.SIGINT)

@@ -234,6 +234,26 @@ def test_a_configuration_completing_after_the_finalists_were_chosen_joins_them_w
     assert "trial 7, joined late" in " ".join(search_lines(search(study, study.get_trials())))
 
 
+def test_a_finalist_is_chosen_once_no_running_search_trial_can_push_it_out(tmp_path: Path) -> None:
+    config = _config(tmp_path, budget={"n_trials": 50, "timeout": 100}, parallel=2, finalists={"count": 2, "seeds": 1})
+    study = optuna.create_study(study_name="sure", storage=f"sqlite:///{tmp_path}/sure.db", direction="maximize")
+    lr = optuna.distributions.FloatDistribution(1e-6, 1e-1, log=True)
+    for value in (0.9, 0.8, 0.7, 0.6):
+        study.add_trial(optuna.trial.create_trial(value=value, params={"learning_rate": value / 10},
+                                                  distributions={"learning_rate": lr}))
+    running = study.ask({"learning_rate": lr})                              # trial 4, still training
+    assert enqueue(study, config, study.get_trials()) == 1                 # only 0: sure of the top 2 whatever 4 reads
+    assert study.user_attrs[schema.FINALISTS_ATTR] == {"configs": [0], "seeds": 1, "pending": 1}
+    assert enqueue(study, config, study.get_trials()) == 0                 # 4 still running: 1 or 4 is not known
+    assert admit_late(study, config, study.get_trials(), 1000.0) == []     # nobody is late while one is pending
+    study.tell(running, 0.85)                                              # 4 ends between 0 and 1
+    assert enqueue(study, config, study.get_trials()) == 1
+    assert study.user_attrs[schema.FINALISTS_ATTR] == {"configs": [0, 4], "seeds": 1}
+    queued = study.get_trials(states=(TS.WAITING,))
+    assert [t.user_attrs[schema.FINALIST_OF] for t in queued] == [0, 4]
+    assert enqueue(study, config, study.get_trials()) == 0                 # once
+
+
 def test_a_one_class_epoch_is_recorded_said_and_named_in_the_prune_reason(tmp_path: Path) -> None:
     collapsed = Scripted(logs=lambda spec, epoch: {"val_classes_predicted": 1 if spec.number == 1 else 10})
     trials = _run(tmp_path, collapsed, budget={"n_trials": 2}, seed_trials=_lrs(1e-2, 1e-6),

@@ -44,11 +44,11 @@ def candidates(trials: list[FrozenTrial], count: int, maximize: bool) -> list[Fr
 def queue(study: optuna.Study, config: SweepConfig, trials: list[FrozenTrial],
           time_left: float | None) -> tuple[int, str | None]:
     """The finalists once, then late joiners (the caller holds the launch lock): runs queued, and what to say."""
-    before = study.user_attrs.get(schema.FINALISTS_ATTR) or {}
     queued = enqueue(study, config, trials)
-    if queued:
-        what = ("a search trial before them finished: more finalists chosen" if before.get("pending") else
-                "search done: the top configurations train again with more seeds")
+    if queued:                            # all of the configurations chosen are new: the first choice
+        first = len(study.user_attrs[schema.FINALISTS_ATTR]["configs"]) * config.finalist_seeds == queued
+        what = ("search done: the top configurations train again with more seeds" if first else
+                "a search trial before them finished: more finalists chosen")
         return queued, f"{what} ({queued} runs)"
     late = admit_late(study, config, trials, time_left)
     if not late:

@@ -15,7 +15,7 @@ from sweeps.api import load_sweep
 from sweeps.budget import Budget
 from sweeps.config import SweepConfig, from_dict
 from sweeps.dispatch import InlineDispatcher
-from sweeps.finalists import admit_late, enqueue, reserve_seconds
+from sweeps.finalists import admit_late, enqueue, queue, reserve_seconds
 from sweeps.progress import Progress
 from sweeps.recovery import Tally
 from sweeps.report import write_report
@@ -247,7 +247,8 @@ def test_a_finalist_is_chosen_once_no_running_search_trial_can_push_it_out(tmp_p
     assert enqueue(study, config, study.get_trials()) == 0                 # 4 still running: 1 or 4 is not known
     assert admit_late(study, config, study.get_trials(), 1000.0) == []     # nobody is late while one is pending
     study.tell(running, 0.85)                                              # 4 ends between 0 and 1
-    assert enqueue(study, config, study.get_trials()) == 1
+    assert queue(study, config, study.get_trials(), 1000.0) == (
+        1, "a search trial before them finished: more finalists chosen (1 runs)")
     assert study.user_attrs[schema.FINALISTS_ATTR] == {"configs": [0, 4], "seeds": 1}
     queued = study.get_trials(states=(TS.WAITING,))
     assert [t.user_attrs[schema.FINALIST_OF] for t in queued] == [0, 4]

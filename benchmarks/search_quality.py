@@ -20,7 +20,10 @@ stopped as a second Ctrl-C stops it. From the run:
 - anytime quality: the model each would hand over at half the minutes and at the end (the best trial
   finished by then; ours: the finalists' winner once a finalist run finished by then, under
   ``finalists.ensemble`` its runs finished by then with their probabilities averaged, as the handed-over
-  model does), and its accuracy on the held-out test split (500 images, never seen by a trial);
+  model does; before a finalist run finished, under ``ensemble: finalists``, the best ``count x (seeds + 1)``
+  complete trials averaged, as ``sweeps best`` hands over then), and its accuracy on the held-out test split
+  (500 images, never seen by a trial); for every system also ``top4``: the best 4 complete trials by then
+  averaged, what that provisional ensemble would have given random search too;
 - ours: the prune audit's false-prune rate, the rungs placed, trials paused and continued.
 
 ``--dataset D.npz`` runs the same YAML with only its dataset changed (``dataset: {name: npz, path: D}``, the
@@ -124,7 +127,7 @@ def handed_over(study: Any, trials: list[Any], by: datetime.datetime) -> tuple[A
     if not complete:
         return None, []
     sign = 1 if maximize else -1
-    return max(complete, key=lambda t: (sign * t.values[0], -t.number)), []
+    return max(complete, key=lambda t: (sign * t.values[0], -t.number)), schema.ensemble_runs(study, done)
 
 
 def run(system: str, seed: int, minutes: float, out: Path, epochs: int | None = None,
@@ -171,6 +174,13 @@ def run(system: str, seed: int, minutes: float, out: Path, epochs: int | None = 
             result[label]["runs"] = runs
             if config.finalist_ensemble:
                 result[label]["test"] = result[label]["ensemble_test"]
+        # what-if for every system: the best 4 complete search trials by then, averaged (ours' provisional ensemble)
+        top = schema.provisional_runs([t for t in trials if t.datetime_complete is not None and
+                                       t.datetime_complete <= wall + datetime.timedelta(seconds=seconds)],
+                                      schema.maximize(study), 4)
+        if result[label] is not None and top:
+            averaged = sum(probabilities[n] for n in top) / len(top)
+            result[label]["top4"] = {"runs": top, "test": float((averaged.argmax(axis=1) == labels).mean())}
     (out / f"{name}.json").write_text(json.dumps(result, indent=2, default=str))
     return result
 
@@ -204,7 +214,8 @@ def _cell(row: dict[str, Any] | None) -> str:
         return "-"
     runs = (f"; runs {', '.join(map(str, row['runs']))}: best run {row['single_test']:.4f}, averaged "
             f"{row['ensemble_test']:.4f}") if "runs" in row else ""
-    return f"{row['test']:.4f} (val {row['val']:.4f}, trial {row['trial']}{runs})"
+    top = f"; top 4 averaged {row['top4']['test']:.4f}" if "top4" in row else ""
+    return f"{row['test']:.4f} (val {row['val']:.4f}, trial {row['trial']}{runs}{top})"
 
 
 def main() -> None:

@@ -155,7 +155,8 @@ def _best(args: argparse.Namespace) -> int:
     for line in search_lines(b["search"]):
         print(line)
     if b["ensemble"]:
-        print(f"handed over (finalists.ensemble): the average of trials {', '.join(map(str, b['ensemble']))}")
+        until = " (the best complete trials, until a finalist run finishes)" if b["ensemble_provisional"] else ""
+        print(f"handed over (finalists.ensemble): the average of trials {', '.join(map(str, b['ensemble']))}{until}")
     if "test" in b:
         t = b["test"]
         print(f"held-out test split ({t['n_test']} images, model from {t['source']}): accuracy {t['accuracy']:.4f}, "

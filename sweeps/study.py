@@ -165,14 +165,35 @@ def best_trial(study: optuna.Study) -> optuna.trial.FrozenTrial | None:
 def ensemble_runs(study: optuna.Study, trials: list[optuna.trial.FrozenTrial] | None = None) -> list[int]:
     """The runs averaged into the handed-over model (when more than one): under ``finalists.ensemble: winner``
     (or true) the winning configuration's complete runs, under ``finalists`` every standing finalist's, the
-    winner's first; empty: the best trial alone is handed over."""
+    winner's first; empty: the best trial alone is handed over.
+
+    Under ``finalists``, until a finalist run has finished (a sweep looked at while it searches, or stopped
+    before its finalists ran), the best ``count x (seeds + 1)`` complete trials stand in for them: the same
+    size and latency the user chose, and an average of good runs tests better than the best of them alone,
+    whose validation value is partly its luck (benchmarks/RESULTS.md)."""
     raw = study.user_attrs.get(CONFIG_ATTR) or {}
     finalists = raw.get("finalists")
-    mode = finalists.get("ensemble") if isinstance(finalists, dict) else None
+    if not isinstance(finalists, dict):
+        return []
+    mode = finalists.get("ensemble")
     if mode not in (True, "winner", "finalists"):
         return []
-    table = standings(study.get_trials(deepcopy=False) if trials is None else trials, maximize(study))
+    trials = study.get_trials(deepcopy=False) if trials is None else trials
+    table = standings(trials, maximize(study))
+    if not table and mode == "finalists":
+        return provisional_runs(trials, maximize(study), int(finalists.get("count", 0)) *
+                                (int(finalists.get("seeds", 0)) + 1))
     runs = [n for row in (table if mode == "finalists" else table[:1]) for n in row["trials"]]
+    return runs if len(runs) > 1 else []
+
+
+def provisional_runs(trials: list[optuna.trial.FrozenTrial], maximize: bool, size: int) -> list[int]:
+    """The best ``size`` complete trials that meet every constraint, best first (ties to the earlier trial);
+    empty when fewer than two completed."""
+    sign = 1 if maximize else -1
+    complete = sorted((t for t in trials if t.state == optuna.trial.TrialState.COMPLETE and t.values and feasible(t)
+                       and FINALIST_OF not in t.user_attrs), key=lambda t: (-sign * t.values[0], t.number))
+    runs = [t.number for t in complete[:size]]
     return runs if len(runs) > 1 else []
 
 

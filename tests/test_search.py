@@ -22,7 +22,7 @@ from sweeps.report import write_report
 from sweeps.rungs import fixed_rungs, lower_bound, place_rungs, spearman
 from sweeps.runner import run_sweep
 from sweeps.summary import best, search, search_lines, status
-from tests.helpers import TINY_SPACE
+from tests.helpers import TINY_SPACE, cli_here
 from tests.scripted import Scripted, curve
 
 TS = optuna.trial.TrialState
@@ -162,6 +162,34 @@ def test_finalists_retrain_the_top_configurations_and_the_best_mean_wins(tmp_pat
     assert sweep.best_trial.number == winner.number and sweep.finalists[0]["config"] == 0
     page = write_report("tiny", f"sqlite:///{tmp_path}/s.db", str(tmp_path / "report"))["html"]
     assert "finalists, best mean first" in Path(page).read_text() and f"trial {winner.number}," in Path(page).read_text()
+
+
+def test_until_a_finalist_run_finishes_the_best_complete_trials_stand_in_for_the_finalists_ensemble(
+        tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    url = f"sqlite:///{tmp_path}/s.db"
+    # 6 configurations (1e-2 reads highest), then 2 finalists x 2 runs averaged
+    trials = _run(tmp_path, Scripted(), budget={"n_trials": 6}, seed_trials=_lrs(1e-4, 1e-2, 1e-6, 3e-3, 1e-1, 3e-2),
+                  finalists={"count": 2, "seeds": 1, "ensemble": "finalists"})
+    study = schema.load("tiny", url)
+    searched = [t for t in trials if schema.FINALIST_OF not in t.user_attrs]
+    by_value = [t.number for t in sorted(searched, key=lambda t: (-t.values[0], t.number))]
+    assert by_value[0] == 1 and len(set(t.values[0] for t in searched)) == 6
+    assert schema.ensemble_runs(study, searched) == by_value[:4]           # before the finalists: the best 4, best first
+    finalist_runs = schema.ensemble_runs(study, trials)
+    assert len(finalist_runs) == 4 and set(finalist_runs) != set(by_value[:4])     # then the finalists' 4 runs
+    assert finalist_runs[0] == 1 and not best("tiny", url)["ensemble_provisional"]
+    # a sweep whose finalists never ran (no more complete configurations than their count): its 2 trials averaged
+    url = f"sqlite:///{tmp_path}/few.db"
+    run_sweep(_config(tmp_path, study="few", budget={"n_trials": 2}, seed_trials=_lrs(1e-4, 1e-2),
+                      finalists={"count": 2, "seeds": 1, "ensemble": "finalists"}), url,
+              dispatcher=InlineDispatcher(Scripted()))
+    b = best("few", url)
+    assert b["number"] == 1 and b["ensemble"] == [1, 0] and b["ensemble_provisional"]
+    assert schema.ensemble_runs(schema.load("few", url), []) == []         # nothing complete: no ensemble
+    assert load_sweep("few", url).ensemble == [1, 0]
+    code, out, _ = cli_here(capsys, "best", "few", "--storage", url)
+    assert code == 0 and ("handed over (finalists.ensemble): the average of trials 1, 0 (the best complete trials, "
+                          "until a finalist run finishes)") in out
 
 
 def test_finalists_keep_room_in_a_timeout_and_are_skipped_among_too_few(tmp_path: Path) -> None:

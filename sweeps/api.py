@@ -45,7 +45,8 @@ class Sweep:
 
     @property
     def ensemble(self) -> list[int]:
-        """Under ``finalists.ensemble``: the runs whose averaged predictions are handed over (export, evaluate)."""
+        """Under ``finalists.ensemble``: the runs whose averaged predictions are handed over (export, evaluate);
+        under ``ensemble: finalists`` the best complete trials until a finalist run finishes."""
         return schema.ensemble_runs(self.study)
 
     @property

@@ -159,15 +159,18 @@ class Retention:
         self.store.remove(config_id)
         self.removed.add(config_id)
 
-    def rank(self, completed: dict[int, float]) -> None:
-        """Complete configurations (config id: value) seen since the last call; the worst beyond keep_best go.
+    def rank(self, completed: dict[int, float], protect: frozenset[int] = frozenset()) -> None:
+        """Complete configurations (config id: value) seen since the last call; the worst beyond keep_best go,
+        but for ``protect``: the runs the sweep hands over now (an ensemble's may be more than keep_best, or
+        rank below other trials), so `best --evaluate` and `export` never retrain them.
 
         A configuration that completes later can only push others further
         down, so none is removed too early.
         """
         self.kept.update((cid, value) for cid, value in completed.items() if cid not in self.removed)
-        ranked = sorted(self.kept, key=self.kept.__getitem__, reverse=self.maximize)
-        for cid in ranked[self.keep_best:]:
+        ranked = sorted((cid for cid in self.kept if cid not in protect), key=self.kept.__getitem__,
+                        reverse=self.maximize)
+        for cid in ranked[max(0, self.keep_best - len(protect & self.kept.keys())):]:
             self.discard(cid)
             del self.kept[cid]
 

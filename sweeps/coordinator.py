@@ -389,8 +389,8 @@ class Coordinator:
         self._db(self.pruning.store_plan) if result.state == TrialState.COMPLETE else None
         if self.checkpoints is not None and not kept:
             if result.state == TrialState.COMPLETE:   # as the counts read them: this one, and any since
-                self.checkpoints.retention.rank({schema.config_id(t.number, t.user_attrs): t.values[0]
-                                                 for t in self.counter.take_completed()})
+                done = {schema.config_id(t.number, t.user_attrs): t.values[0] for t in self.counter.take_completed()}
+                self.checkpoints.retention.rank(done, self._db(lambda: schema.ensembled(self.study, self.config)))
             else:
                 self.checkpoints.retention.discard(config_id)
         self._refresh()

@@ -171,10 +171,7 @@ def ensemble_runs(study: optuna.Study, trials: list[optuna.trial.FrozenTrial] | 
     before its finalists ran), the best ``count x (seeds + 1)`` complete trials stand in for them: the same
     size and latency the user chose, and an average of good runs tests better than the best of them alone,
     whose validation value is partly its luck (benchmarks/RESULTS.md)."""
-    raw = study.user_attrs.get(CONFIG_ATTR) or {}
-    finalists = raw.get("finalists")
-    if not isinstance(finalists, dict):
-        return []
+    finalists = _finalists_config(study)
     mode = finalists.get("ensemble")
     if mode not in (True, "winner", "finalists"):
         return []
@@ -185,6 +182,23 @@ def ensemble_runs(study: optuna.Study, trials: list[optuna.trial.FrozenTrial] | 
                                 (int(finalists.get("seeds", 0)) + 1))
     runs = [n for row in (table if mode == "finalists" else table[:1]) for n in row["trials"]]
     return runs if len(runs) > 1 else []
+
+
+def _finalists_config(study: optuna.Study) -> dict[str, Any]:
+    finalists = (study.user_attrs.get(CONFIG_ATTR) or {}).get("finalists")
+    return finalists if isinstance(finalists, dict) else {}
+
+
+def ensembled(study: optuna.Study, config: SweepConfig) -> frozenset[int]:
+    """Under ``finalists.ensemble``: the configurations whose checkpoints the hand-over needs, which may be more
+    than ``keep_best`` or rank below other trials: the ensemble's runs, the best trial, and the finalists chosen
+    (their search runs join it once their runs are in). Empty without an ensemble (no database read)."""
+    if not config.finalist_ensemble:
+        return frozenset()
+    trials = study.get_trials(deepcopy=False)
+    numbers = ensemble_runs(study, trials) + [b.number for b in [best_trial(study)] if b is not None]
+    numbers += (study.user_attrs.get(FINALISTS_ATTR) or {}).get("configs", [])
+    return frozenset(config_id(n, trials[n].user_attrs) for n in numbers)
 
 
 def provisional_runs(trials: list[optuna.trial.FrozenTrial], maximize: bool, size: int) -> list[int]:

@@ -319,6 +319,7 @@ def test_an_ensemble_of_every_finalists_runs_averages_them_all_winner_first(tmp_
     assert len(sweep.finalists) == 2 and len(runs) == 4 and sweep.ensemble == runs     # winner's runs first
     averaged = load_trained("all-finalists", url)
     assert list(averaged.members) == runs and averaged.trial.number == sweep.finalists[0]["trial"].number
+    assert averaged.source == "checkpoint"          # keep_best is 3, the runs 4: their checkpoints were all kept
     each = [load_trained("all-finalists", url, n).model.predict(averaged.data.x_test, verbose=0) for n in runs]
     assert np.allclose(averaged.model.predict(averaged.data.x_test, verbose=0), np.mean(each, axis=0), atol=1e-5)
 

@@ -118,9 +118,9 @@ def best(name: str, storage_url: str | None) -> dict[str, Any]:
         raise SweepsError(f"study {name!r} has no completed trial that meets its constraints yet; "
                           f"`sweeps status {name}` shows its trials")
     trials = study.get_trials(deepcopy=False)
-    runs = schema.ensemble_runs(study, trials)
-    return {**_best_row(study, b), "ensemble": runs, "search": search(study, trials),
-            "ensemble_provisional": bool(runs) and not schema.standings(trials, schema.maximize(study))}
+    runs, how = schema.ensemble_runs(study, trials), search(study, trials)
+    return {**_best_row(study, b), "ensemble": runs, "search": how,
+            "ensemble_provisional": bool(runs) and not how["finalists"]}   # no finalist stands yet
 
 
 def pareto(name: str, storage_url: str | None) -> dict[str, Any]:

@@ -19,7 +19,7 @@ from sweeps.finalists import admit_late, enqueue, queue, reserve_seconds
 from sweeps.progress import Progress
 from sweeps.recovery import Tally
 from sweeps.report import write_report
-from sweeps.rungs import fixed_rungs, lower_bound, place_rungs, spearman
+from sweeps.rungs import RungPlan, fixed_rungs, latest_rung, lower_bound, place_rungs, spearman
 from sweeps.runner import run_sweep
 from sweeps.summary import best, search, search_lines, status
 from tests.helpers import TINY_SPACE, cli_here
@@ -102,12 +102,27 @@ def test_an_auto_rung_needs_every_later_epoch_to_rank_the_trials_too() -> None:
     """One epoch that ranks the trials well between epochs that do not is luck, not a place to prune."""
     finals = [0.99, 0.98, 0.97, 0.96, 0.95, 0.94, 0.93, 0.92, 0.91, 0.90]
     shuffled = [0.3, 0.9, 0.1, 0.7, 0.5, 0.2, 0.8, 0.4, 0.6, 0.0]     # rho with the finals about 0
-    curves = [({1: s, 2: f, 3: s, 4: s, 5: f, 6: f}, f) for s, f in zip(shuffled, finals)]
-    plan = place_rungs(curves, steps=7, eta=3, threshold=0.8, min_trials=5)
+    curves = [({1: s, 2: f, 3: s, 4: s, 5: f, 6: f, 7: f, 8: f, 9: f}, f) for s, f in zip(shuffled, finals)]
+    plan = place_rungs(curves, steps=10, eta=3, threshold=0.8, min_trials=5)
     assert plan.correlation[2] == 1.0 and plan.correlation[3] < 0.5   # epoch 2 alone would qualify
     assert plan.rungs == (5,)                                          # from epoch 5 on, every epoch does
-    curves[0][0][6] = 0.0                                              # the last epoch no longer ranks them
-    assert place_rungs(curves, steps=7, eta=3, threshold=0.8, min_trials=5).rungs == ()
+    curves[0][0][9] = 0.0                                              # the last epoch no longer ranks them
+    assert place_rungs(curves, steps=10, eta=3, threshold=0.8, min_trials=5).rungs == ()
+
+
+def test_no_auto_rung_where_a_pause_would_save_less_than_one_in_eta_of_a_trial() -> None:
+    """A rung at epoch 17 of 20 saves 3 epochs of each paused trial and keeps it from completing."""
+    finals = [0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2]
+    shuffled = [0.3, 0.9, 0.1, 0.7, 0.5, 0.2, 0.8, 0.4]
+    curves = [({e: (s if e < 17 else f) for e in range(1, 20)}, f) for s, f in zip(shuffled, finals)]
+    plan = place_rungs(curves, steps=20, eta=3, threshold=0.8, min_trials=5)
+    assert plan.correlation[17] == 1.0 and plan.correlation[16] < 0.5   # the epochs rank them from 17 on
+    assert plan.rungs == () and plan.late == (17, 13)                     # 20 - ceil(20 / 3) = 13
+    assert "from epoch 17 on, and a pause after epoch 13 would save less than" in plan.describe()
+    assert RungPlan.from_dict(plan.to_dict()).late == (17, 13)                  # as stored for `status`
+    early = [({e: (s if e < 6 else f) for e in range(1, 20)}, f) for s, f in zip(shuffled, finals)]
+    assert place_rungs(early, steps=20, eta=3, threshold=0.8, min_trials=5).rungs == (6,)   # not 6 and 18
+    assert latest_rung(20, 2) == 10 and place_rungs(early, steps=20, eta=2, threshold=0.8, min_trials=5).rungs == (6,)
 
 
 def test_auto_rungs_let_the_first_trials_finish_then_prune_at_the_placed_rung(tmp_path: Path) -> None:

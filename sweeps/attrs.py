@@ -16,7 +16,7 @@ VERSION_ATTR = "sweeps:version"
 UID_ATTR = "sweeps:uid"           # names the study's checkpoint folder, unique across databases
 STORE_ERRORS_ATTR = "sweeps:store_errors"   # checkpoint writes that failed: {count, last}
 FORK_ATTR = "sweeps:forked_from"  # `sweeps fork`: {study, trials copied}
-RUNGS_ATTR = "sweeps:rungs"       # the pruner's rungs: {mode, rungs, correlation {epoch: rho}, trials, threshold}
+RUNGS_ATTR = "sweeps:rungs"       # the pruner's rungs: {mode, rungs, correlation {epoch: rho}, trials, threshold, late}
 FINALISTS_ATTR = "sweeps:finalists"   # {configs: [trial numbers], seeds, pending: still to choose, late: [joined
 #                                       after]}: the configurations retrained
 TEST_ATTR = "sweeps:test"         # `best --evaluate`'s last answer: {trial, test_accuracy, ...}

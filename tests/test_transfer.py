@@ -73,12 +73,14 @@ def test_pretrain_on_mnist_then_fine_tune_on_digits_from_the_file(tmp_path: Path
     unfreeze = 12
     write_space(tmp_path, "fine.yaml", study="fine", dataset={"name": "digits", "max_images": 600}, epochs=4,
                 **ONE_TRIAL, parameters={**FIXED, "learning_rate": 3e-3, "batch_size": 32,
-                                         "weights": "models/pre-backbone.weights.h5", "freeze_epochs": 2,
-                                         "unfreeze_layers": unfreeze, "fine_tune_lr_factor": 0.1})
+                                         "weights": "models/pre-backbone.weights.h5", "freeze_epochs": 1,
+                                         "unfreeze_layers": unfreeze, "fine_tune_lr_factor": 0.3})
     assert run_sweep(load(tmp_path / "fine.yaml"), url, dispatcher=InlineDispatcher(train_trial))["complete"] == 1
     best = json.loads(cli_here(capsys, "best", "fine", "--storage", url, "--json")[1])
     assert best["value"] > 0.3, best          # digits, 10 classes: chance is 0.1
     assert len(best["learning_curve"]) == 4
+    epochs = {int(k): v for k, v in best["learning_curve"].items()}   # the best epoch's weights are exported:
+    assert max(epochs, key=epochs.__getitem__) > 1, epochs            # one after the backbone was unfrozen
     assert {**best["params"], **best["fixed_params"]}["weights"] == str(pretrained)
 
     code, out, err = cli_here(capsys, "export", "fine", "--storage", url, "--format", "backbone",

@@ -1,11 +1,10 @@
 """ask -> dispatch -> relay reports and prune decisions -> tell: a short loop of named steps.
 
-The only process that talks to the study storage: it asks Optuna for a
-trial (or continues a paused one), hands its spec to a dispatcher (Ray
-actors, or threads in tests), answers each epoch's report (pruning.py) and
-tells Optuna how the trial ended; then the finalists. Database calls go
-through ``_db`` (retried while the database is away); lost trials of other
-coordinators are failed and queued again; failures retry from checkpoints.
+The only process that talks to the study storage: it asks Optuna for a trial (or continues a paused
+one), hands its spec to a dispatcher (Ray actors, or threads in tests), answers each epoch's report
+(pruning.py) and tells Optuna how the trial ended; then the finalists. Database calls go through ``_db``
+(retried while the database is away); lost trials of other coordinators are failed and queued again;
+failures retry from checkpoints.
 """
 
 from __future__ import annotations
@@ -280,7 +279,8 @@ class Coordinator:
     def _queue_finalists(self, locked: bool = False) -> int:
         """Search over (or a timeout's reserve reached): paused checkpoints freed, finalists (then late joiners) queued."""
         with contextlib.nullcontext() if locked else db.launch_lock(self.storage, self.study._study_id):
-            runs, line = finalists.queue(self.study, self.config, self.study.get_trials(deepcopy=False), self.budget.time_left())
+            runs, line = finalists.queue(self.study, self.config, self.study.get_trials(deepcopy=False),
+                                         self.budget.time_left(), self.budget.in_reserve())
         self.pruning.release(self.checkpoints.retention if self.checkpoints else None)
         if line:
             self._say(line)

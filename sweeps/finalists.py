@@ -25,9 +25,10 @@ from sweeps.config import SweepConfig
 from sweeps.recovery import trial_seconds
 
 
-def candidates(trials: list[FrozenTrial], count: int, maximize: bool) -> list[FrozenTrial]:
+def candidates(trials: list[FrozenTrial], count: int, maximize: bool, among_few: bool = False) -> list[FrozenTrial]:
     """The ``count`` best complete configurations that meet their constraints (one trial each), when the sweep
-    completed more than ``count``: among fewer there is nothing to choose."""
+    completed more than ``count``: among fewer there is nothing to choose, unless ``among_few`` (a timeout's
+    reserve began: the finalists' runs are what its time was kept for)."""
     best: dict[int, FrozenTrial] = {}
     for t in trials:
         if (t.state != TrialState.COMPLETE or not t.values or not schema.feasible(t)
@@ -36,15 +37,16 @@ def candidates(trials: list[FrozenTrial], count: int, maximize: bool) -> list[Fr
         cid = schema.config_id(t.number, t.user_attrs)
         if cid not in best or (t.values[0] > best[cid].values[0]) == maximize:
             best[cid] = t
-    if len(best) <= count:
+    if len(best) <= count and not among_few:
         return []
     return sorted(best.values(), key=lambda t: (-t.values[0] if maximize else t.values[0], t.number))[:count]
 
 
 def queue(study: optuna.Study, config: SweepConfig, trials: list[FrozenTrial],
-          time_left: float | None) -> tuple[int, str | None]:
-    """The finalists once, then late joiners (the caller holds the launch lock): runs queued, and what to say."""
-    queued = enqueue(study, config, trials)
+          time_left: float | None, reserve: bool = False) -> tuple[int, str | None]:
+    """The finalists once, then late joiners (the caller holds the launch lock): runs queued, and what to say.
+    ``reserve``: the timeout's reserve has begun."""
+    queued = enqueue(study, config, trials, reserve)
     if queued:                            # all of the configurations chosen are new: the first choice
         first = len(study.user_attrs[schema.FINALISTS_ATTR]["configs"]) * config.finalist_seeds == queued
         what = ("search done: the top configurations train again with more seeds" if first else
@@ -58,19 +60,22 @@ def queue(study: optuna.Study, config: SweepConfig, trials: list[FrozenTrial],
                   f"the top: they join them ({runs} runs)")
 
 
-def enqueue(study: optuna.Study, config: SweepConfig, trials: list[FrozenTrial]) -> int:
+def enqueue(study: optuna.Study, config: SweepConfig, trials: list[FrozenTrial], reserve: bool = False) -> int:
     """Queue finalists' runs (the caller holds the launch lock); how many were queued.
 
     A configuration is queued once it is sure to stay among the top ``count`` however the search trials still
     running end: the top ``count - running`` (the best one at once, so a slot has work), the rest as those
     trials finish. Choosing all of them when the reserve began left out a trial that completed 21 s later
     with the best validation value (a 20-minute sweep on harder 28x28 images: its slot then sat idle).
+    Once a timeout's ``reserve`` began, no more than ``count`` complete configurations are chosen among too:
+    waiting for more left a slot idle for 6 minutes of a 20-minute MNIST sweep, and the finalists' runs, queued
+    once the running trial completed, were cut by the timeout.
     """
     chosen = study.user_attrs.get(schema.FINALISTS_ATTR)
     if config.finalists <= 0 or (chosen is not None and not chosen.get("pending")):
         return 0
-    ranked = candidates(trials, config.finalists, schema.maximize(study))
     taken = chosen["configs"] if chosen else []
+    ranked = candidates(trials, config.finalists, schema.maximize(study), among_few=reserve or bool(taken))
     sure = ranked[:max(config.finalists - searching(trials), 0 if taken else 1)]
     new = [t for t in sure if schema.config_id(t.number, t.user_attrs) not in taken][:config.finalists - len(taken)]
     if not new:

@@ -188,7 +188,10 @@ class Counter:
         self.best: FrozenTrial | None = None   # the best settled COMPLETE trial
         self.seconds = 0.0                     # settled trials' wall time
         self.completed: list[FrozenTrial] = []  # settled COMPLETE trials not yet taken by take_completed()
-        self.durations: list[float] = []       # settled COMPLETE trials' seconds (the finalists' reserve)
+        self.settled_seconds: list[float] = []  # settled COMPLETE search trials' seconds
+        self.durations: list[float] = []       # every COMPLETE search trial's seconds, at the last update (the
+                                               # finalists' reserve: one completing before a lower-numbered
+                                               # one still running counts at once)
         self.pruned: set[int] = set()          # numbers of settled PRUNED trials
         self.continued: set[int] = set()       # numbers of paused trials some trial continues
 
@@ -209,7 +212,7 @@ class Counter:
             self.counts.complete += 1
             if first_value(t) is not None:
                 self.completed.append(t)
-                self.durations.append(trial_seconds(t))
+                self.settled_seconds.append(trial_seconds(t))
                 if self._better(t, self.best):
                     self.best = t
         elif t.state == TrialState.PRUNED:
@@ -232,6 +235,7 @@ class Counter:
         best, seconds = self.best, self.seconds
         tail_fails: list[int] = []
         tail_pruned: list[int] = []
+        self.durations = list(self.settled_seconds)
         now = datetime.datetime.now()
         for t in trials[self.settled:]:
             self._link(t)
@@ -243,6 +247,8 @@ class Counter:
                 out.complete += 1
                 if self._better(t, best):
                     best = t
+                if FORKED_FROM not in t.user_attrs and first_value(t) is not None:
+                    self.durations.append(trial_seconds(t))
             elif t.state == TrialState.PRUNED:
                 out.pruned += 1
                 tail_pruned.append(t.number)

@@ -73,6 +73,8 @@ def test_the_counter_reads_each_finished_trial_once_and_agrees_with_a_full_tally
         complete = [t for t in trials if t.state == TS.COMPLETE]
         assert (best.number if best else None) == (max(complete, key=lambda t: t.value).number if complete else None)
         assert seconds * 0.5 / 3600 == pytest.approx(recovery.gpu_hours(trials, 0.5), abs=1e-5)
+        # every complete trial's seconds, one ending before a lower-numbered running one too (the finalists' reserve)
+        assert sorted(counter.durations) == sorted(recovery.trial_seconds(t) for t in complete)
         seen.extend(t.number for t in counter.take_completed())
 
     a, b = study.ask(), study.ask()
